@@ -1,0 +1,184 @@
+"""Elementwise activations as custom ops: ``rtdetr_fused::act`` (and ``act_`` in place) with
+``rtdetr_fused::act_backward``, one op for every row of ``SPECS``.
+
+On CUDA tensors the ops launch the Triton kernels of ``rtdetr_fused.kernels.pointwise``.
+On CPU tensors they launch them too under Triton's interpreter, and otherwise compute with
+the PyTorch reference of the row, so a patched model runs anywhere.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from .common import check_float, dense, exporting, interpreting, is_dense, like
+
+aten = torch.ops.aten
+
+
+@dataclass(frozen=True)
+class ActSpec:
+    """One activation: PyTorch's reference forward and backward, and what backward needs.
+
+    ``saves_output(alpha)`` is True where the derivative can be read off the output, which
+    is then saved instead of the input: an interior Conv -> act -> Conv block keeps one
+    tensor (shared with the next conv) instead of two, and in-place needs no clone.
+    """
+
+    reference: Callable[[torch.Tensor, float], torch.Tensor]
+    reference_backward: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
+    saves_output: Callable[[float], bool] = lambda alpha: False
+
+
+SPECS: dict[str, ActSpec] = {
+    "silu": ActSpec(lambda x, a: F.silu(x), lambda x, g, a: aten.silu_backward(g, x)),
+    "mish": ActSpec(lambda x, a: F.mish(x), lambda x, g, a: aten.mish_backward(g, x)),
+    "hardswish": ActSpec(lambda x, a: F.hardswish(x), lambda x, g, a: aten.hardswish_backward(g, x)),
+    "leaky_relu": ActSpec(
+        lambda x, a: F.leaky_relu(x, a),
+        # The saved tensor has the input's sign (output when alpha >= 0, else input).
+        lambda s, g, a: aten.leaky_relu_backward(g, s, a, False),
+        lambda a: a >= 0,
+    ),
+    "relu6": ActSpec(lambda x, a: F.relu6(x), lambda y, g, a: aten.hardtanh_backward(g, y, 0.0, 6.0), lambda a: True),
+    "relu": ActSpec(lambda x, a: F.relu(x), lambda y, g, a: aten.threshold_backward(g, y, 0), lambda a: True),
+    "gelu": ActSpec(lambda x, a: F.gelu(x), lambda x, g, a: aten.gelu_backward(g, x)),
+    "gelu_tanh": ActSpec(
+        lambda x, a: F.gelu(x, approximate="tanh"),
+        lambda x, g, a: aten.gelu_backward(g, x, approximate="tanh"),
+    ),
+}
+
+
+def _kernels():
+    from rtdetr_fused.kernels import pointwise  # imports triton: only when a kernel runs
+
+    return pointwise
+
+
+def _forward_into(x: torch.Tensor, out: torch.Tensor, name: str, alpha: float) -> None:
+    if x.numel():
+        _kernels().forward(x, out, name, alpha)
+
+
+# --- act: out of place -----------------------------------------------------------------
+
+
+def _act_triton(x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+    x = dense(x)
+    out = torch.empty_like(x)
+    _forward_into(x, out, name, alpha)
+    return out
+
+
+act = torch.library.custom_op("rtdetr_fused::act", _act_triton, mutates_args=(), device_types="cuda")
+
+
+@act.register_kernel("cpu")
+def _act_cpu(x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+    if interpreting():
+        return _act_triton(x, name, alpha)
+    return SPECS[name].reference(x, alpha)
+
+
+@act.register_fake
+def _act_fake(x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+# --- act_backward ------------------------------------------------------------------------
+
+
+def _act_backward_triton(saved: torch.Tensor, grad: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+    saved = dense(saved)
+    grad = like(grad, saved)
+    out = torch.empty_like(saved)
+    if saved.numel():
+        _kernels().backward(saved, grad, out, name, alpha)
+    return out
+
+
+act_backward = torch.library.custom_op(
+    "rtdetr_fused::act_backward", _act_backward_triton, mutates_args=(), device_types="cuda"
+)
+
+
+@act_backward.register_kernel("cpu")
+def _act_backward_cpu(saved: torch.Tensor, grad: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+    if interpreting():
+        return _act_backward_triton(saved, grad, name, alpha)
+    return like(SPECS[name].reference_backward(saved, grad, alpha), saved)
+
+
+@act_backward.register_fake
+def _act_backward_fake(saved: torch.Tensor, grad: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+    return torch.empty_like(saved)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, name, alpha = inputs
+    ctx.name, ctx.alpha = name, alpha
+    ctx.save_for_backward(output if SPECS[name].saves_output(alpha) else x)
+
+
+def _backward(ctx, grad: torch.Tensor):
+    (saved,) = ctx.saved_tensors
+    return act_backward(saved, grad, ctx.name, ctx.alpha), None, None
+
+
+act.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --- act_: in place -------------------------------------------------------------------------
+
+
+def _act_inplace_triton(x: torch.Tensor, name: str, alpha: float) -> None:
+    if is_dense(x):
+        _forward_into(x, x, name, alpha)
+    else:
+        x.copy_(_act_triton(x, name, alpha))
+
+
+act_ = torch.library.custom_op("rtdetr_fused::act_", _act_inplace_triton, mutates_args=("x",), device_types="cuda")
+
+
+@act_.register_kernel("cpu")
+def _act_inplace_cpu(x: torch.Tensor, name: str, alpha: float) -> None:
+    if interpreting():
+        _act_inplace_triton(x, name, alpha)
+    else:
+        x.copy_(SPECS[name].reference(x, alpha))
+
+
+class InplaceAct(torch.autograd.Function):
+    """In place with autograd, as torch does it: the output is saved where the derivative
+    can be read off it (ReLU, ReLU6, LeakyReLU with slope >= 0), else a clone of the input
+    (SiLU, Mish, Hardswish, GELU; no memory is saved over ``inplace=False`` then)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+        keep_output = SPECS[name].saves_output(alpha)
+        saved = None if keep_output else x.clone()
+        torch.ops.rtdetr_fused.act_(x, name, alpha)
+        ctx.mark_dirty(x)
+        ctx.save_for_backward(x if keep_output else saved)
+        ctx.name, ctx.alpha = name, alpha
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _backward(ctx, grad)
+
+
+def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False) -> torch.Tensor:
+    """Run activation ``name`` on ``x``; the entry point of ``rtdetr_fused.functional``."""
+    check_float(x, "input")
+    if exporting():
+        return SPECS[name].reference(x, alpha)  # exporters see the standard op
+    if not inplace:
+        return act(x, name, alpha)
+    if torch.is_grad_enabled() and x.requires_grad:
+        return InplaceAct.apply(x, name, alpha)
+    torch.ops.rtdetr_fused.act_(x, name, alpha)
+    return x

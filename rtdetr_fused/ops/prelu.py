@@ -1,0 +1,126 @@
+"""PReLU as custom ops ``rtdetr_fused::prelu`` and ``rtdetr_fused::prelu_backward``.
+
+Backward produces grad_input and grad_weight in one Triton kernel (per-program partial
+sums, then a fixed-order sum of the partials): no full-size temporary, no atomics.
+Saved for backward: the input and the weight.
+"""
+
+import torch
+
+from .common import check_float, check_same_device, dense, device_programs, exporting, interpreting, like
+
+
+def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _kernels():
+    from rtdetr_fused.kernels import prelu  # imports triton: only when a kernel runs
+
+    return prelu
+
+
+def _weight_view(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Weight broadcastable against ``x``: one per channel on dim 1, or a single one."""
+    if weight.numel() == 1:
+        return weight.reshape([])
+    return weight.reshape([-1] + [1] * (x.dim() - 2))
+
+
+def _prelu_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    x = dense(x)
+    out = torch.empty_like(x)
+    if x.numel():
+        _kernels().forward(x, weight.reshape(-1).to(_accumulate_dtype(x)), out)
+    return out
+
+
+prelu = torch.library.custom_op("rtdetr_fused::prelu", _prelu_triton, mutates_args=(), device_types="cuda")
+
+
+@prelu.register_kernel("cpu")
+def _prelu_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if interpreting():
+        return _prelu_triton(x, weight)
+    w = _weight_view(x, weight).to(_accumulate_dtype(x))
+    return torch.where(x > 0, x, w * x).to(x.dtype)
+
+
+@prelu.register_fake
+def _prelu_fake(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _prelu_backward_triton(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    x = dense(x)
+    grad = like(grad, x)
+    grad_x = torch.empty_like(x)
+    if not x.numel():
+        return grad_x, torch.zeros_like(weight)
+    w = weight.reshape(-1).to(_accumulate_dtype(x))
+    grad_w = _kernels().backward(x, w, grad, grad_x, device_programs(x))
+    return grad_x, grad_w.to(weight.dtype).reshape(weight.shape)
+
+
+prelu_backward = torch.library.custom_op(
+    "rtdetr_fused::prelu_backward", _prelu_backward_triton, mutates_args=(), device_types="cuda"
+)
+
+
+@prelu_backward.register_kernel("cpu")
+def _prelu_backward_cpu(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if interpreting():
+        return _prelu_backward_triton(x, weight, grad)
+    acc = _accumulate_dtype(x)
+    xa, ga = x.to(acc), grad.to(acc)
+    positive = xa > 0
+    grad_x = torch.where(positive, ga, _weight_view(x, weight).to(acc) * ga).to(x.dtype)
+    per_element = torch.where(positive, 0.0, xa * ga)
+    dims = [d for d in range(x.dim()) if d != 1 or weight.numel() == 1]
+    grad_w = per_element.sum(dims) if dims else per_element
+    return like(grad_x, x), grad_w.to(weight.dtype).reshape(weight.shape)
+
+
+@prelu_backward.register_fake
+def _prelu_backward_fake(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    ctx.save_for_backward(*inputs)
+
+
+def _backward(ctx, grad: torch.Tensor):
+    x, weight = ctx.saved_tensors
+    return prelu_backward(x, weight, grad)
+
+
+prelu.register_autograd(_backward, setup_context=_setup_context)
+
+
+def check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
+    """torch's rule: one weight, or one per channel on dim 1 (inputs of 2 or more dims)."""
+    check_float(weight, "weight")
+    check_same_device(x, weight, "input", "weight")
+    n = weight.numel()
+    if n == 1:
+        return
+    channels = x.shape[1] if x.dim() >= 2 else 1
+    if n != channels:
+        raise ValueError(
+            f"weight has {n} elements but input of shape {tuple(x.shape)} has {channels} "
+            "channels on dim 1: use one weight, or one per channel"
+        )
+
+
+def apply(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """PReLU of ``x``; the entry point of ``rtdetr_fused.functional.prelu``."""
+    check_float(x, "input")
+    check_weight(x, weight)
+    if exporting():
+        return torch.prelu(x, weight)
+    return prelu(x, weight)

@@ -1,0 +1,16 @@
+from setuptools import setup
+
+setup(
+    name="rtdetr-fused",
+    version="0.1.0",
+    description="Fused Triton activation kernels (forward and backward) for Ultralytics RT-DETR and YOLO",
+    python_requires=">=3.10",
+    # kernels/ installs as rtdetr_fused.kernels: nothing named `kernels` at the top level.
+    packages=["rtdetr_fused", "rtdetr_fused.ops", "rtdetr_fused.kernels"],
+    package_dir={"rtdetr_fused.kernels": "kernels"},
+    install_requires=["torch>=2.11", 'triton>=3.6; platform_system == "Linux"'],
+    extras_require={
+        "ultralytics": ["ultralytics>=8.3"],
+        "dev": ["pytest", "hypothesis", "ruff", "rich", "matplotlib", "onnx", "onnxruntime", "onnxscript"],
+    },
+)
