@@ -48,7 +48,7 @@ def mish_bwd(x, g, ALPHA: tl.constexpr):
     n, e = _tanh_softplus(x)
     d = n + 2.0
     grad = n / d + x * (e / (1.0 + e)) * (4.0 * (n + 1.0) / (d * d))
-    return g * tl.where(x > 20.0, 1.0, grad)
+    return g * tl.where(x > 20.0, 1.0 + x * 0.0, grad)  # x * 0: torch's NaN at +inf
 
 
 @triton.jit
@@ -58,7 +58,8 @@ def hardswish_fwd(x, ALPHA: tl.constexpr):
 
 @triton.jit
 def hardswish_bwd(x, g, ALPHA: tl.constexpr):
-    return tl.where(x < -3.0, 0.0, tl.where(x <= 3.0, g * (x / 3.0 + 0.5), g))
+    # torch: 0 for x <= -3, g for x >= 3, the slope formula between (and for NaN)
+    return tl.where(x <= -3.0, 0.0, tl.where(x >= 3.0, g, g * (x / 3.0 + 0.5)))
 
 
 @triton.jit
@@ -80,8 +81,8 @@ def relu6_fwd(x, ALPHA: tl.constexpr):
 
 @triton.jit
 def relu6_bwd(y, g, ALPHA: tl.constexpr):
-    # From the output: 0 < y < 6 exactly where 0 < x < 6; NaN passes g, as in torch.
-    return tl.where((y <= 0.0) | (y >= 6.0), 0.0, g)
+    # From the output: 0 < y < 6 exactly where 0 < x < 6; torch gives 0 for NaN.
+    return tl.where((y > 0.0) & (y < 6.0), g, 0.0)
 
 
 @triton.jit
@@ -108,7 +109,9 @@ def gelu_bwd(x, g, ALPHA: tl.constexpr):
 
 @triton.jit
 def _gelu_tanh_sigmoid(x):
-    # 0.5 * (1 + tanh(z)) = sigmoid(2z), so no tanh is needed.
+    # 0.5 * (1 + tanh(z)) = sigmoid(2z), so no tanh is needed. Past |x| = 100 the sigmoid is
+    # exactly 0 or 1; clamping keeps x^3 finite so the derivative's x * 0 * x^2 is not NaN.
+    x = tl.minimum(tl.maximum(x, -100.0), 100.0)
     return tl.sigmoid(1.5957691216057308 * (x + 0.044715 * x * x * x))  # 2 sqrt(2/pi)
 
 
@@ -121,8 +124,9 @@ def gelu_tanh_fwd(x, ALPHA: tl.constexpr):
 def gelu_tanh_bwd(x, g, ALPHA: tl.constexpr):
     # 1 - tanh(z)^2 = 4 s (1 - s)
     s = _gelu_tanh_sigmoid(x)
-    dz = 0.7978845608028654 * (1.0 + 0.134145 * x * x)  # sqrt(2/pi) (1 + 3 * 0.044715 x^2)
-    return g * (s + 2.0 * x * s * (1.0 - s) * dz)
+    xc = tl.minimum(tl.maximum(x, -100.0), 100.0)
+    dz = 0.7978845608028654 * (1.0 + 0.134145 * xc * xc)  # sqrt(2/pi) (1 + 3 * 0.044715 x^2)
+    return g * (s + x * (s * (1.0 - s) * 2.0 * dz))  # x last: 2 * max(fp32) overflows
 
 
 FORMULAS: dict[str, tuple[triton.JITFunction, triton.JITFunction]] = {
