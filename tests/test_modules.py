@@ -1,0 +1,107 @@
+"""Modules: torch.nn's signatures, repr and state_dict; lookup by name; export fallbacks."""
+
+import inspect
+
+import pytest
+import torch
+from torch import nn
+
+import rtdetr_fused
+from rtdetr_fused import ACTIVATIONS, get_activation
+
+TORCH_NN = {
+    "silu": nn.SiLU,
+    "mish": nn.Mish,
+    "hardswish": nn.Hardswish,
+    "leaky_relu": nn.LeakyReLU,
+    "relu6": nn.ReLU6,
+    "prelu": nn.PReLU,
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+}
+
+
+def test_names():
+    assert list(ACTIVATIONS) == ["silu", "mish", "hardswish", "leaky_relu", "relu6", "prelu", "relu", "gelu"]
+
+
+@pytest.mark.parametrize("name", TORCH_NN)
+def test_same_signature_repr_and_state_dict(name):
+    ours, theirs = ACTIVATIONS[name], TORCH_NN[name]
+    assert inspect.signature(ours.__init__) == inspect.signature(theirs.__init__)
+    assert ours.__doc__ and "(x)" in ours.__doc__  # the formula
+    a, b = ours(), theirs()
+    assert repr(a) == repr(b)
+    assert a.state_dict().keys() == b.state_dict().keys()
+    assert isinstance(a, theirs)
+
+
+@pytest.mark.parametrize(
+    "name,kwargs",
+    [("leaky_relu", {"negative_slope": 0.1, "inplace": True}), ("gelu", {"approximate": "tanh"}), ("prelu", {})],
+)
+def test_module_matches_torch(name, kwargs, device):
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 4, 5, device=device)
+    ours, theirs = get_activation(name, **kwargs).to(device), TORCH_NN[name](**kwargs).to(device)
+    assert repr(ours) == repr(theirs)
+    torch.testing.assert_close(ours(x.clone()), theirs(x.clone()), rtol=1e-6, atol=1e-6)
+
+
+def test_prelu_state_dict_both_ways():
+    theirs = nn.PReLU(num_parameters=4, init=0.1)
+    with torch.no_grad():
+        theirs.weight.uniform_()
+    ours = rtdetr_fused.PReLU(num_parameters=4)
+    ours.load_state_dict(theirs.state_dict())
+    back = nn.PReLU(num_parameters=4)
+    back.load_state_dict(ours.state_dict())
+    assert torch.equal(back.weight, theirs.weight)
+    x = torch.randn(2, 4, 3, 3)
+    torch.testing.assert_close(ours(x), theirs(x))
+
+
+def test_get_activation():
+    assert isinstance(get_activation("Leaky-ReLU", negative_slope=0.2), rtdetr_fused.LeakyReLU)
+    assert get_activation("prelu", num_parameters=8).weight.shape == (8,)
+    with pytest.raises(ValueError, match="silu, mish"):
+        get_activation("swish")
+
+
+def test_import_is_light():
+    """import rtdetr_fused pulls in neither ultralytics nor triton (kernels load on first use)."""
+    import subprocess
+    import sys
+
+    code = "import sys, rtdetr_fused; print('ultralytics' in sys.modules, 'triton' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False"]
+
+
+class Block(nn.Module):
+    def __init__(self, act: nn.Module):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.act = act
+
+    def forward(self, x):
+        return self.act(self.conv(x))
+
+
+@pytest.mark.parametrize("name", ["silu", "prelu"])
+def test_export_paths_use_reference_ops(name, tmp_path):
+    """jit.trace, torch.export and ONNX see the standard op, not the custom one."""
+    model = Block(get_activation(name)).eval()
+    x = torch.randn(1, 3, 8, 8)
+    expected = model(x)
+    traced = torch.jit.trace(model, x)
+    assert "rtdetr_fused::" not in str(traced.inlined_graph)
+    torch.testing.assert_close(traced(x), expected)
+    exported = torch.export.export(model, (x,))
+    assert not any("rtdetr_fused" in str(node.target) for node in exported.graph.nodes)
+    torch.testing.assert_close(exported.module()(x), expected)
+    onnx = pytest.importorskip("onnx")
+    for dynamo in (False, True):
+        path = tmp_path / f"block-{dynamo}.onnx"
+        torch.onnx.export(model, (x,), str(path), dynamo=dynamo)
+        assert not any(node.domain.startswith("rtdetr") for node in onnx.load(str(path)).graph.node)
