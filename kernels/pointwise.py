@@ -13,11 +13,12 @@ import triton.language as tl
 
 from .formulas import FORMULAS
 
-# Bytes each program moves per tensor, and warps: 8 KiB = 4 x 16-byte vectors per thread
-# at 4 warps. Chosen from the sm_90 register report (kernels/SM90_REPORT.md): no spills and
-# v4 loads for every formula and dtype.
+# Bytes each program moves per tensor, and warps: 8 KiB per program = two 16-byte vectors
+# per thread at 8 warps. From the sm_90 report (kernels/SM90_REPORT.md): at 8 warps every
+# kernel and dtype has 128-bit loads, no spills and at most 84 registers (GELU fp64
+# backward); at 4 warps the fp16 kernels need up to 138, at 2 warps GELU and Mish spill.
 BYTES_PER_PROGRAM = 8192
-NUM_WARPS = 4
+NUM_WARPS = 8
 
 
 def block_size(dtype: torch.dtype) -> int:

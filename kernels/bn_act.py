@@ -1,0 +1,552 @@
+"""Training-mode BatchNorm2d fused with an activation: batch statistics, normalize + activation,
+and a backward that recomputes the BN output instead of saving it.
+
+A dense 4-D tensor's storage is [A, C, B] with B = x.stride(1), whatever its memory format.
+The kernels view it as a matrix of R rows of K contiguous elements in which a channel is whole
+columns or whole rows, so per-channel values are loaded once per row or column, never
+gathered per element:
+
+- COLUMN (B == 1, channels_last): R = A, K = C, the channel of column k is k;
+- otherwise (NCHW): R = A * C, K = B, the channel of row r is r % C (C == 1: one row).
+
+Reductions (the statistics in forward, two sums in backward) run in two stages, without
+atomics, so results are the same bits on every run and small C still fills the GPU: each
+program walks a strip (PER rows in COLUMN, else PER columns) and writes one partial per
+channel; a fixed-order pass combines the partials. Statistics use Welford per tile slot, then
+Chan's merge across slots and partials: no sum of squares, so a large mean cannot cancel the
+variance. Everything is computed in float32 (float64 for float64 input).
+
+The activation is a constexpr ``FN`` from ``formulas.FORMULAS``. PReLU is LeakyReLU's formula
+with a per-channel slope. Backward formulas get the BN output z, which works for every
+formula, including those written for the activation's output (ReLU, ReLU6, LeakyReLU with a
+slope >= 0 see the same sign and range in z).
+"""
+
+from typing import NamedTuple
+
+import torch
+import triton
+import triton.language as tl
+
+from .formulas import FORMULAS
+from .pointwise import NUM_WARPS, block_size, upcast
+
+# Elements per reduction tile: the Welford loop keeps three tiles (x, mean, M2) live.
+REDUCE_TILE = 2048
+FINALIZE_TILE = 4096
+
+
+@triton.jit
+def _tile(rows, cols, R, K):
+    """Offsets and mask of the tile rows x cols of the [R, K] storage matrix."""
+    offs = rows[:, None] * K + cols[None, :]
+    return offs, (rows < R)[:, None] & (cols < K)[None, :]
+
+
+@triton.jit
+def _per_channel(ptr, rows, cols, C, COLUMN: tl.constexpr):
+    """A per-channel vector broadcast against the tile: one value per column, or per row."""
+    if COLUMN:
+        return upcast(tl.load(ptr + cols, mask=cols < C, other=0.0))[None, :]
+    else:
+        return upcast(tl.load(ptr + rows % C))[:, None]
+
+
+@triton.jit
+def _alpha(a_ptr, rows, cols, C, ALPHA: tl.constexpr, PRELU: tl.constexpr, COLUMN: tl.constexpr):
+    """The formula's slope: PReLU's per-channel weight, else the constexpr ALPHA."""
+    if PRELU:
+        return _per_channel(a_ptr, rows, cols, C, COLUMN)
+    else:
+        return ALPHA
+
+
+@triton.jit
+def _normalize(x, rows, cols, mean_ptr, invstd_ptr, w_ptr, b_ptr, C, COLUMN: tl.constexpr):
+    """(xhat, z): the normalized input and the BN output."""
+    xhat = (x - _per_channel(mean_ptr, rows, cols, C, COLUMN)) * _per_channel(invstd_ptr, rows, cols, C, COLUMN)
+    return xhat, xhat * _per_channel(w_ptr, rows, cols, C, COLUMN) + _per_channel(b_ptr, rows, cols, C, COLUMN)
+
+
+@triton.jit
+def _strip_tile(fixed, t, COLUMN: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Rows and columns of a reduction tile: COLUMN walks rows t.. under a fixed column block,
+    otherwise columns t.. under a fixed row block."""
+    if COLUMN:
+        return t + tl.arange(0, BLOCK_R), fixed * BLOCK_K + tl.arange(0, BLOCK_K)
+    else:
+        return fixed * BLOCK_R + tl.arange(0, BLOCK_R), t + tl.arange(0, BLOCK_K)
+
+
+@triton.jit
+def _strip_sum(v, COLUMN: tl.constexpr):
+    """Sum over a strip's slots: one value per channel of the program."""
+    return tl.sum(v, axis=0 if COLUMN else 1)
+
+
+@triton.jit
+def _store_partial(ptr, v, split, rows, cols, R, K, COLUMN: tl.constexpr):
+    """Partials form a [splits, K] (COLUMN) or [splits, R] array: [S, C] per channel either way."""
+    if COLUMN:
+        tl.store(ptr + split * K + cols, v, mask=cols < K)
+    else:
+        tl.store(ptr + split * R + rows, v, mask=rows < R)
+
+
+@triton.jit
+def _rsqrt(v):
+    """1 / sqrt(v) with a correctly rounded square root (sqrt_rn is float32 only)."""
+    if v.dtype == tl.float64:
+        return 1.0 / tl.sqrt(v)
+    else:
+        return 1.0 / tl.sqrt_rn(v)
+
+
+@triton.jit
+def _stats_kernel(
+    x_ptr,
+    part_ptr,
+    R,
+    K,
+    PER,
+    PLANE,
+    COLUMN: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Partial mean (plane 0) and M2 (plane 1) of each channel over one strip."""
+    acc = part_ptr.dtype.element_ty
+    fixed = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    start = split * PER
+    end = tl.minimum(start + PER, R if COLUMN else K)
+    mean = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
+    m2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
+    count = tl.zeros([BLOCK_R, 1] if COLUMN else [1, BLOCK_K], dtype=acc)
+    for t in range(start, end, BLOCK_R if COLUMN else BLOCK_K):
+        rows, cols = _strip_tile(fixed, t, COLUMN, BLOCK_R, BLOCK_K)
+        offs, mask = _tile(rows, cols, R, K)
+        x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
+        if COLUMN:
+            count += (rows < R).to(acc)[:, None]
+        else:
+            count += (cols < K).to(acc)[None, :]
+        delta = x - mean
+        mean += tl.where(mask, delta * (1.0 / tl.maximum(count, 1.0)), 0.0)
+        m2 += tl.where(mask, delta * (x - mean), 0.0)
+    # Chan's merge of the slots; slots that saw nothing have count 0 and add nothing.
+    rows, cols = _strip_tile(fixed, start, COLUMN, BLOCK_R, BLOCK_K)
+    n = _strip_sum(count, COLUMN)
+    strip_mean = _strip_sum(count * mean, COLUMN) / n
+    if COLUMN:
+        d = mean - strip_mean[None, :]
+    else:
+        d = mean - strip_mean[:, None]
+    strip_m2 = _strip_sum(m2 + count * d * d, COLUMN)
+    _store_partial(part_ptr, strip_mean, split, rows, cols, R, K, COLUMN)
+    _store_partial(part_ptr + PLANE, strip_m2, split, rows, cols, R, K, COLUMN)
+
+
+@triton.jit
+def _finalize_kernel(
+    part_ptr,
+    mean_ptr,
+    invstd_ptr,
+    rm_ptr,
+    rv_ptr,
+    C,
+    S,
+    PLANE,
+    PER,
+    DIV,
+    TOTAL,
+    N,
+    eps,
+    factor,
+    UPDATE: tl.constexpr,
+    BLOCK_S: tl.constexpr,
+    BLOCK_C: tl.constexpr,
+):
+    """Merge the S partials of each channel in a fixed order: mean, 1 / sqrt(var + eps), and
+    the running statistics (unbiased variance) when UPDATE. Partial s of a channel covers
+    min(PER, TOTAL - (s // DIV) * PER) elements."""
+    acc = part_ptr.dtype.element_ty
+    cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
+    col_ok = cols < C
+    n = tl.cast(N, acc)
+    total = tl.zeros([BLOCK_C], dtype=acc)
+    for s0 in range(0, S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = (s < S)[:, None] & col_ok[None, :]
+        count = tl.minimum(PER, TOTAL - (s // DIV) * PER).to(acc)[:, None]
+        part_mean = tl.load(part_ptr + s[:, None] * C + cols[None, :], mask=mask, other=0.0)
+        total += tl.sum(count * part_mean, axis=0)
+    mean = total / n
+    m2 = tl.zeros([BLOCK_C], dtype=acc)
+    for s0 in range(0, S, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        mask = (s < S)[:, None] & col_ok[None, :]
+        count = tl.minimum(PER, TOTAL - (s // DIV) * PER).to(acc)[:, None]
+        offs = s[:, None] * C + cols[None, :]
+        d = tl.load(part_ptr + offs, mask=mask, other=0.0) - mean[None, :]
+        part_m2 = tl.load(part_ptr + PLANE + offs, mask=mask, other=0.0)
+        m2 += tl.sum(tl.where(mask, part_m2 + count * d * d, 0.0), axis=0)
+    tl.store(mean_ptr + cols, mean, mask=col_ok)
+    tl.store(invstd_ptr + cols, _rsqrt(m2 / n + eps), mask=col_ok)
+    if UPDATE:
+        rm = upcast(tl.load(rm_ptr + cols, mask=col_ok, other=0.0))
+        rv = upcast(tl.load(rv_ptr + cols, mask=col_ok, other=0.0))
+        tl.store(rm_ptr + cols, (factor * mean + (1.0 - factor) * rm).to(rm_ptr.dtype.element_ty), mask=col_ok)
+        rv = factor * (m2 / (n - 1.0)) + (1.0 - factor) * rv
+        tl.store(rv_ptr + cols, rv.to(rv_ptr.dtype.element_ty), mask=col_ok)
+
+
+@triton.jit
+def _forward_kernel(
+    x_ptr,
+    y_ptr,
+    mean_ptr,
+    invstd_ptr,
+    w_ptr,
+    b_ptr,
+    a_ptr,
+    R,
+    K,
+    C,
+    K_BLOCKS,
+    FN: tl.constexpr,
+    ALPHA: tl.constexpr,
+    PRELU: tl.constexpr,
+    COLUMN: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """y = act((x - mean) * invstd * w + b), one tile per program."""
+    pid = tl.program_id(0)
+    rows = (pid // K_BLOCKS).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (pid % K_BLOCKS).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs, mask = _tile(rows, cols, R, K)
+    x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
+    _, z = _normalize(x, rows, cols, mean_ptr, invstd_ptr, w_ptr, b_ptr, C, COLUMN)
+    y = FN(z, _alpha(a_ptr, rows, cols, C, ALPHA, PRELU, COLUMN))
+    tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _backward_reduce_kernel(
+    x_ptr,
+    g_ptr,
+    part_ptr,
+    mean_ptr,
+    invstd_ptr,
+    w_ptr,
+    b_ptr,
+    a_ptr,
+    R,
+    K,
+    C,
+    PER,
+    PLANE,
+    FN: tl.constexpr,
+    ALPHA: tl.constexpr,
+    PRELU: tl.constexpr,
+    COLUMN: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """Partial sums over one strip of gz = g * act'(z) (plane 0, grad of the BN bias), gz * xhat
+    (plane 1, grad of the BN weight) and, for PReLU, z * g where z <= 0 (plane 2)."""
+    acc = part_ptr.dtype.element_ty
+    fixed = tl.program_id(0).to(tl.int64)
+    split = tl.program_id(1).to(tl.int64)
+    start = split * PER
+    end = tl.minimum(start + PER, R if COLUMN else K)
+    rows, cols = _strip_tile(fixed, start, COLUMN, BLOCK_R, BLOCK_K)
+    alpha = _alpha(a_ptr, rows, cols, C, ALPHA, PRELU, COLUMN)  # channels are fixed along the strip
+    sum_gz = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
+    sum_gzx = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
+    sum_a = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
+    for t in range(start, end, BLOCK_R if COLUMN else BLOCK_K):
+        rows, cols = _strip_tile(fixed, t, COLUMN, BLOCK_R, BLOCK_K)
+        offs, mask = _tile(rows, cols, R, K)
+        x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
+        g = upcast(tl.load(g_ptr + offs, mask=mask, other=0.0))  # g = 0 makes gz = 0 off the tensor
+        xhat, z = _normalize(x, rows, cols, mean_ptr, invstd_ptr, w_ptr, b_ptr, C, COLUMN)
+        gz = FN(z, g, alpha)
+        sum_gz += gz
+        sum_gzx += gz * xhat
+        if PRELU:
+            sum_a += tl.where(z > 0.0, 0.0, z * g)
+    _store_partial(part_ptr, _strip_sum(sum_gz, COLUMN), split, rows, cols, R, K, COLUMN)
+    _store_partial(part_ptr + PLANE, _strip_sum(sum_gzx, COLUMN), split, rows, cols, R, K, COLUMN)
+    if PRELU:
+        _store_partial(part_ptr + 2 * PLANE, _strip_sum(sum_a, COLUMN), split, rows, cols, R, K, COLUMN)
+
+
+@triton.jit
+def _backward_kernel(
+    x_ptr,
+    g_ptr,
+    dx_ptr,
+    mean_ptr,
+    invstd_ptr,
+    w_ptr,
+    b_ptr,
+    a_ptr,
+    sums_ptr,
+    R,
+    K,
+    C,
+    K_BLOCKS,
+    N,
+    FN: tl.constexpr,
+    ALPHA: tl.constexpr,
+    PRELU: tl.constexpr,
+    COLUMN: tl.constexpr,
+    TRAINING: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
+    """dx = w * invstd * (gz - [sum gz + xhat * sum gz xhat] / N), the bracket only when the
+    statistics came from this batch (TRAINING); sums_ptr holds the two sums, [2, C]."""
+    pid = tl.program_id(0)
+    rows = (pid // K_BLOCKS).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
+    cols = (pid % K_BLOCKS).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
+    offs, mask = _tile(rows, cols, R, K)
+    x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
+    g = upcast(tl.load(g_ptr + offs, mask=mask, other=0.0))
+    xhat, z = _normalize(x, rows, cols, mean_ptr, invstd_ptr, w_ptr, b_ptr, C, COLUMN)
+    gz = FN(z, g, _alpha(a_ptr, rows, cols, C, ALPHA, PRELU, COLUMN))
+    if TRAINING:
+        n = tl.cast(N, xhat.dtype)
+        mean_gz = _per_channel(sums_ptr, rows, cols, C, COLUMN) / n
+        mean_gzx = _per_channel(sums_ptr + C, rows, cols, C, COLUMN) / n
+        gz = gz - mean_gz - xhat * mean_gzx
+    scale = _per_channel(w_ptr, rows, cols, C, COLUMN) * _per_channel(invstd_ptr, rows, cols, C, COLUMN)
+    tl.store(dx_ptr + offs, (gz * scale).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+# --- launch ------------------------------------------------------------------------------------
+
+
+class Geometry(NamedTuple):
+    """The storage as an R x K matrix and the tiling of it (see the module docstring)."""
+
+    rows: int
+    cols: int
+    channels: int
+    column: bool
+    block_r: int
+    block_k: int
+
+
+def _block_k(k: int, tile: int) -> int:
+    """Widest power-of-two column block, at most ``tile``, that pads K the least: the H*W of
+    detectors (400, 1600, 6400 = 25 * 2^m) then splits into blocks with no masked lanes."""
+    top = min(triton.next_power_of_2(k), tile)
+    widths = [top >> i for i in range(top.bit_length()) if top >> i >= min(16, top)]
+    return min(widths, key=lambda b: (triton.cdiv(k, b) * b, -b))
+
+
+def geometry(x: torch.Tensor, tile: int) -> Geometry:
+    """Geometry of a dense 4-D ``x`` with tiles of ``tile`` elements."""
+    n, c = x.numel(), x.shape[1]
+    if c == 1:
+        r, k, column = 1, n, False
+    elif x.stride(1) == 1:
+        r, k, column = n // c, c, True
+    else:
+        r, k, column = n // x.stride(1), x.stride(1), False
+    bk = _block_k(k, tile)
+    return Geometry(r, k, c, column, max(1, tile // bk), bk)
+
+
+def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+class _Strips(NamedTuple):
+    grid: tuple[int, int]
+    per: int  # rows (COLUMN) or columns per strip, a whole number of tiles
+    partials: int  # S: partials per channel
+    div: int  # partial s covers min(per, total - (s // div) * per) elements
+    total: int
+
+
+def _strips(geo: Geometry, programs: int) -> _Strips:
+    """Split the reduction axis into strips so that about ``programs`` programs run."""
+    if geo.column:
+        fixed, length, step = triton.cdiv(geo.cols, geo.block_k), geo.rows, geo.block_r
+    else:
+        fixed, length, step = triton.cdiv(geo.rows, geo.block_r), geo.cols, geo.block_k
+    splits = max(1, min(triton.cdiv(length, step), programs // fixed))
+    per = triton.cdiv(triton.cdiv(length, splits), step) * step
+    splits = triton.cdiv(length, per)
+    if geo.column:
+        return _Strips((fixed, splits), per, splits, 1, length)
+    a = geo.rows // geo.channels
+    return _Strips((fixed, splits), per, splits * a, a, length)
+
+
+def _formula(name: str, backward: bool) -> triton.JITFunction:
+    return FORMULAS["leaky_relu" if name == "prelu" else name][int(backward)]
+
+
+def statistics(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+    programs: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Batch mean and 1 / sqrt(var + eps) per channel of a dense 4-D ``x`` (at least two values
+    per channel); updates the running statistics in place when given."""
+    acc = _accumulate_dtype(x)
+    geo = geometry(x, REDUCE_TILE // (acc.itemsize // 4))
+    strips = _strips(geo, programs)
+    plane = strips.partials * geo.channels
+    partials = torch.empty((2, plane), dtype=acc, device=x.device)
+    _stats_kernel[strips.grid](
+        x,
+        partials,
+        geo.rows,
+        geo.cols,
+        strips.per,
+        plane,
+        COLUMN=geo.column,
+        BLOCK_R=geo.block_r,
+        BLOCK_K=geo.block_k,
+        num_warps=NUM_WARPS,
+    )
+    c = geo.channels
+    mean = torch.empty(c, dtype=acc, device=x.device)
+    invstd = torch.empty(c, dtype=acc, device=x.device)
+    update = running_mean is not None
+    block_c = min(triton.next_power_of_2(c), 32)
+    _finalize_kernel[(triton.cdiv(c, block_c),)](
+        partials,
+        mean,
+        invstd,
+        running_mean if update else mean,
+        running_var if update else invstd,
+        c,
+        strips.partials,
+        plane,
+        strips.per,
+        strips.div,
+        strips.total,
+        x.numel() // c,
+        eps,
+        momentum,
+        UPDATE=update,
+        BLOCK_S=FINALIZE_TILE // block_c,
+        BLOCK_C=block_c,
+        num_warps=NUM_WARPS,
+    )
+    return mean, invstd
+
+
+def forward(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    act_weight: torch.Tensor | None,
+    name: str,
+    alpha: float,
+) -> None:
+    """out = act(BN(x)); ``x`` and ``out`` dense with the same strides, per-channel vectors
+    contiguous with C elements (``act_weight``: PReLU's, for ``name == "prelu"``)."""
+    geo = geometry(x, block_size(x.dtype))
+    k_blocks = triton.cdiv(geo.cols, geo.block_k)
+    _forward_kernel[(triton.cdiv(geo.rows, geo.block_r) * k_blocks,)](
+        x,
+        out,
+        mean,
+        invstd,
+        weight,
+        bias,
+        act_weight if act_weight is not None else weight,
+        geo.rows,
+        geo.cols,
+        geo.channels,
+        k_blocks,
+        FN=_formula(name, False),
+        ALPHA=alpha,
+        PRELU=name == "prelu",
+        COLUMN=geo.column,
+        BLOCK_R=geo.block_r,
+        BLOCK_K=geo.block_k,
+        num_warps=NUM_WARPS,
+    )
+
+
+def backward(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    grad_x: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    act_weight: torch.Tensor | None,
+    training: bool,
+    name: str,
+    alpha: float,
+    programs: int,
+) -> torch.Tensor:
+    """Write grad_x; return the per-channel sums [grad bias, grad weight(, grad PReLU weight)]
+    in the accumulation dtype. ``x``, ``grad`` and ``grad_x`` share strides."""
+    acc = _accumulate_dtype(x)
+    prelu = name == "prelu"
+    a = act_weight if prelu else weight
+    geo = geometry(x, REDUCE_TILE // (acc.itemsize // 4))
+    strips = _strips(geo, programs)
+    plane = strips.partials * geo.channels
+    partials = torch.empty((3 if prelu else 2, strips.partials, geo.channels), dtype=acc, device=x.device)
+    common = dict(FN=_formula(name, True), ALPHA=alpha, PRELU=prelu, COLUMN=geo.column, num_warps=NUM_WARPS)
+    _backward_reduce_kernel[strips.grid](
+        x,
+        grad,
+        partials,
+        mean,
+        invstd,
+        weight,
+        bias,
+        a,
+        geo.rows,
+        geo.cols,
+        geo.channels,
+        strips.per,
+        plane,
+        BLOCK_R=geo.block_r,
+        BLOCK_K=geo.block_k,
+        **common,
+    )
+    sums = partials.sum(1)  # fixed order: the same bits on every run
+    geo = geometry(x, block_size(x.dtype))
+    k_blocks = triton.cdiv(geo.cols, geo.block_k)
+    _backward_kernel[(triton.cdiv(geo.rows, geo.block_r) * k_blocks,)](
+        x,
+        grad,
+        grad_x,
+        mean,
+        invstd,
+        weight,
+        bias,
+        a,
+        sums,
+        geo.rows,
+        geo.cols,
+        geo.channels,
+        k_blocks,
+        x.numel() // geo.channels,
+        TRAINING=training,
+        BLOCK_R=geo.block_r,
+        BLOCK_K=geo.block_k,
+        **common,
+    )
+    return sums
