@@ -9,6 +9,21 @@ from .modules import ACTIVATIONS, GELU, Hardswish, LeakyReLU, Mish, PReLU, ReLU,
 
 __version__ = "0.1.0"
 
+# Ultralytics integration, imported on first use so `import rtdetr_fused` stays light.
+_LAZY = {
+    name: "rtdetr_fused.integrations.ultralytics"
+    for name in ("patch_ultralytics", "unpatch_ultralytics", "replace_activations", "to_torch_nn")
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'rtdetr_fused' has no attribute {name!r}")
+
+
 __all__ = [
     "ACTIVATIONS",
     "GELU",
@@ -21,4 +36,5 @@ __all__ = [
     "SiLU",
     "functional",
     "get_activation",
+    *_LAZY,
 ]
