@@ -105,3 +105,13 @@ def test_export_paths_use_reference_ops(name, tmp_path):
         path = tmp_path / f"block-{dynamo}.onnx"
         torch.onnx.export(model, (x,), str(path), dynamo=dynamo)
         assert not any(node.domain.startswith("rtdetr") for node in onnx.load(str(path)).graph.node)
+
+
+def test_autocast_passes_the_dtype_through():
+    """Like F.silu, the op returns the dtype autocast gives it (the conv's bfloat16 here)."""
+    model = Block(get_activation("mish"))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        y = model(torch.randn(1, 3, 8, 8))
+    assert y.dtype == torch.bfloat16
+    y.float().sum().backward()
+    assert model.conv.weight.grad is not None and model.conv.weight.grad.dtype == torch.float32
