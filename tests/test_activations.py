@@ -176,3 +176,16 @@ def test_kernels_write_every_element(dtype, device):
         dx = torch.full_like(x, float("nan"))
         pointwise.backward(x, torch.ones_like(x), dx, name, 0.0)
         assert not y.isnan().any() and not dx.isnan().any(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs 8.6 GB on a GPU")
+def test_64bit_offsets_past_2_to_the_31():
+    """2**31 + 4099 fp16 elements: int32 offsets would wrap and write into the wrong half."""
+    n = 2**31 + 4099
+    x = torch.empty(n, dtype=torch.float16, device="cuda").fill_(-1.0)
+    x[-4099:] = 2.0
+    y = RF.relu(x)
+    assert y[-4099:].eq(2.0).all() and y[: -4099 : 1 << 20].eq(0.0).all()
+    del x, y
+    torch.cuda.empty_cache()
