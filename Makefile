@@ -29,3 +29,4 @@ gpu-check:
 	mkdir -p $(RESULTS_DIR)
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
 	set -o pipefail; $(PYTHON) -m pytest -q -m gpu tests 2>&1 | tee $(RESULTS_DIR)/gpu-tests.log
+	set -o pipefail; $(PYTHON) -m benchmarks --quick --time-budget 270 --out $(RESULTS_DIR) 2>&1 | tee $(RESULTS_DIR)/bench.log

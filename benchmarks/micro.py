@@ -1,0 +1,199 @@
+"""Per-op sections: host cost of one call, the micro grid (time, bandwidth, roofline, memory
+for every provider) and the size sweep against eager."""
+
+import itertools
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+from .core import Context, describe, fill_speedups
+from .measure import Peak, SavedTensors, back_to_back_ms, bench_ms, pool_size, release
+from .plan import DTYPES, ShapeCase
+from .providers import ACTIVATION_TABLE, OURS, PROVIDERS, moved_bytes
+
+Pool = list[tuple[torch.Tensor, torch.Tensor]]
+OVERHEAD_MS = 50.0  # warm-up, then timed calls, per host-cost measurement
+
+
+def _pool(case: ShapeCase, dtype: torch.dtype, device: torch.device, seed: int) -> Pool:
+    """Inputs (requiring grad) and output gradients in the case's layout, enough to rotate
+    through ``ROTATE_BYTES`` so no call finds its input in cache."""
+    shape, fmt = case.shape(dtype), case.memory_format
+    gen = torch.Generator(device=device).manual_seed(seed)
+    count = pool_size(case.numel(dtype) * dtype.itemsize, device)
+
+    def tensor() -> torch.Tensor:
+        # std 3 so every branch of every activation (x < -3, |x| < 3, x > 6) is taken.
+        return torch.empty(shape, dtype=dtype, device=device, memory_format=fmt).normal_(0, 3, generator=gen)
+
+    return [(tensor().requires_grad_(), tensor()) for _ in range(count)]
+
+
+def _setup(ctx: Context, provider: str, activation: str, dtype: torch.dtype, case: ShapeCase):
+    module = PROVIDERS[provider].build(ACTIVATION_TABLE[activation], case.channels).to(ctx.device, dtype)
+    return module, list(module.parameters()), _pool(case, dtype, ctx.device, ctx.plan.seed)
+
+
+def _calls(pass_name: str, module: nn.Module, pool: Pool, params: list[torch.Tensor]) -> Callable[[], object]:
+    """One call of the pass, each call on the next input of the pool. Backward replays
+    graphs built once (retain_graph), so it times the backward kernels alone."""
+    if pass_name == "forward":
+        inputs = itertools.cycle([x for x, _ in pool])
+        return lambda: module(next(inputs))
+    if pass_name == "backward":
+        graphs = itertools.cycle([(module(x), x, g) for x, g in pool])
+
+        def backward() -> None:
+            y, x, g = next(graphs)
+            torch.autograd.grad(y, (x, *params), g, retain_graph=True)
+
+        return backward
+    pairs = itertools.cycle(pool)
+
+    def forward_backward() -> None:
+        x, g = next(pairs)
+        torch.autograd.grad(module(x), (x, *params), g)
+
+    return forward_backward
+
+
+def _memory(device: torch.device, module: nn.Module, x: torch.Tensor, g: torch.Tensor, params: list) -> dict:
+    """Bytes saved for backward, what they are, and the peak of one forward+backward."""
+    with Peak(device) as peak:
+        with SavedTensors(exclude=params) as saved:
+            y = module(x)
+        torch.autograd.grad(y, (x, *params), g)
+    input_bytes = x.numel() * x.element_size()
+    return dict(
+        input_bytes=input_bytes,
+        saved_bytes=saved.nbytes,
+        saved_tensors=saved.count,
+        saved_x_input=saved.nbytes / input_bytes,
+        saves=saved.which(input=x, output=y),
+        peak_bytes=peak.value,
+        peak_x_input=None if peak.value is None else peak.value / input_bytes,
+    )
+
+
+def _bandwidth(ctx: Context, moved: int, ms: float) -> dict:
+    gbps, roofline = moved / ms / 1e6, ctx.results.meta["roofline"]
+    return dict(time_ms=ms, bandwidth_GBps=gbps, roofline_pct=100 * gbps / roofline["copy_GBps"] if roofline else None)
+
+
+def _micro_case(ctx: Context, provider: str, activation: str, dtype_name: str, case: ShapeCase) -> None:
+    plan, dtype = ctx.plan, DTYPES[dtype_name]
+    base = dict(
+        activation=activation,
+        provider=provider,
+        dtype=dtype_name,
+        shape=case.label,
+        layout=case.layout,
+        numel=case.numel(dtype),
+    )
+    passes = [{"pass": p} for p in plan.passes]
+    if ctx.out_of_time():
+        return _record_all(ctx, base, passes, "skipped", ctx.budget_reason)
+    if provider == "compile" and dtype_name not in plan.compile_dtypes:
+        reason = f"torch.compile is measured in {', '.join(plan.compile_dtypes)} only (--compile-dtypes)"
+        return _record_all(ctx, base, passes, "skipped", reason)
+    try:
+        module, params, pool = _setup(ctx, provider, activation, dtype, case)
+    except Exception as e:
+        return _record_all(ctx, base, passes, "error", describe(e))
+    try:
+        ctx.add("memory", **base, **_memory(ctx.device, module, *pool[0], params))
+    except Exception as e:
+        ctx.add("memory", **base, status="error", error=describe(e))
+    param_bytes = sum(p.numel() * p.element_size() for p in params)
+    for p in passes:
+        try:
+            ms = bench_ms(_calls(p["pass"], module, pool, params), ctx.device, plan.warmup_ms, plan.rep_ms)
+            moved = moved_bytes(p["pass"], base["numel"], dtype.itemsize, param_bytes)
+            ctx.add("micro", **base, **p, moved_bytes=moved, **_bandwidth(ctx, moved, ms))
+        except Exception as e:
+            ctx.add("micro", **base, **p, status="error", error=describe(e))
+    del module, pool
+    release(ctx.device)
+
+
+def _record_all(ctx: Context, base: dict, passes: list[dict], status: str, error: str) -> None:
+    """A case not measured: its memory row and every pass row say why."""
+    ctx.add("memory", **base, status=status, error=error)
+    for p in passes:
+        ctx.add("micro", **base, **p, status=status, error=error)
+
+
+def run_micro(ctx: Context) -> None:
+    """Every provider x activation x dtype x shape: time of each pass, effective bandwidth,
+    share of the copy roofline, bytes saved and peak memory. torch.compile runs last so a
+    time budget cuts it first."""
+    plan = ctx.plan
+    providers = [p for p in PROVIDERS if p in plan.providers]
+    work = list(itertools.product(providers, plan.activations, plan.dtypes, plan.cases))
+    with ctx.task("micro: time, bandwidth, memory", len(work)) as advance:
+        for provider, activation, dtype, case in work:
+            _micro_case(ctx, provider, activation, dtype, case)
+            advance()
+    fill_speedups(ctx.results.sections["micro"].rows, ("activation", "dtype", "pass", "shape", "layout"), "time_ms")
+
+
+def run_scaling(ctx: Context) -> None:
+    """Forward+backward on flat tensors from 64 KiB to 1 GiB (GPU), ours against eager, timed
+    back to back: where launch and Python overhead dominate, and where bandwidth does."""
+    plan = ctx.plan
+    dtype = DTYPES[plan.scaling_dtype]
+    work = list(itertools.product(plan.activations, plan.scaling_sizes, (OURS, "eager")))
+    with ctx.task(f"scaling: sizes, {plan.scaling_dtype}", len(work)) as advance:
+        for activation, size, provider in work:
+            case = ShapeCase((), "flat", size)
+            base = dict(activation=activation, provider=provider, dtype=plan.scaling_dtype, size_bytes=size)
+            base["numel"] = case.numel(dtype)
+            if not ctx.skipped_for_time("scaling", **base):
+                try:
+                    module, params, pool = _setup(ctx, provider, activation, dtype, case)
+                    fn = _calls("forward+backward", module, pool, params)
+                    ms = back_to_back_ms(fn, ctx.device, plan.warmup_ms, plan.rep_ms)
+                    moved = moved_bytes("forward+backward", base["numel"], dtype.itemsize)
+                    ctx.add("scaling", **base, **_bandwidth(ctx, moved, ms))
+                    del module, pool, fn
+                except Exception as e:
+                    ctx.add("scaling", **base, status="error", error=describe(e))
+                release(ctx.device)
+            advance()
+    fill_speedups(ctx.results.sections["scaling"].rows, ("activation", "size_bytes"), "time_ms")
+
+
+def run_overhead(ctx: Context) -> None:
+    """Host cost of one call on a tiny tensor, ours against torch.nn: the custom op's
+    dispatch (torch.library, autograd wrapper) that small feature maps pay on every call."""
+    shape = ctx.plan.overhead_shape
+    work = list(itertools.product(ctx.plan.activations, (OURS, "eager"), ("forward", "forward+backward")))
+    with ctx.task("overhead: host cost per call", len(work)) as advance:
+        for activation, provider, call in work:
+            base = dict(activation=activation, provider=provider, call=call, shape="x".join(map(str, shape)))
+            try:
+                module = PROVIDERS[provider].build(ACTIVATION_TABLE[activation], shape[1]).to(ctx.device)
+                ms = back_to_back_ms(_tiny_call(call, module, shape, ctx.device), ctx.device, OVERHEAD_MS, OVERHEAD_MS)
+                ctx.add("overhead", **base, time_us=ms * 1e3)
+            except Exception as e:
+                ctx.add("overhead", **base, status="error", error=describe(e))
+            advance()
+    rows = ctx.results.sections["overhead"].rows
+    eager = {(r["activation"], r["call"]): r["time_us"] for r in rows if r["provider"] == "eager"}
+    for r in rows:
+        base_us = eager.get((r["activation"], r["call"]))
+        r["overhead_us"] = r["time_us"] - base_us if r["time_us"] is not None and base_us is not None else None
+
+
+def _tiny_call(call: str, module: nn.Module, shape: tuple[int, ...], device: torch.device) -> Callable[[], object]:
+    x = torch.randn(shape, device=device)
+    if call == "forward":
+
+        def forward() -> torch.Tensor:
+            with torch.no_grad():
+                return module(x)
+
+        return forward
+    xg, g, params = x.clone().requires_grad_(), torch.randn_like(x), list(module.parameters())
+    return lambda: torch.autograd.grad(module(xg), (xg, *params), g)

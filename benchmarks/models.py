@@ -1,0 +1,102 @@
+"""Ultralytics models for the model and training sections, and their activation variants.
+
+Ultralytics and the integration (``rtdetr_fused.integrations.ultralytics``) are imported
+only here and only when a section runs: without them the section is reported as skipped.
+"""
+
+import copy
+import logging
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from rtdetr_fused import ACTIVATIONS
+
+from .core import Unavailable
+from .providers import ACTIVATION_TABLE, OURS
+
+MODEL_CONFIGS = {"rtdetr-l": ("rtdetr-l.yaml", "RTDETRDetectionModel"), "yolo11n": ("yolo11n.yaml", "DetectionModel")}
+NUM_CLASSES = 80
+TORCH_CLASS = {cls: cls.__bases__[0] for cls in ACTIVATIONS.values()}
+
+
+def build(name: str) -> nn.Module:
+    """A freshly initialised model from its YAML, set up as Ultralytics' trainer does (nc, args)."""
+    try:
+        from ultralytics.cfg import get_cfg
+        from ultralytics.nn import tasks
+        from ultralytics.utils import LOGGER
+    except ImportError as e:
+        raise Unavailable(f"ultralytics not installed ({e})") from e
+    cfg, cls = MODEL_CONFIGS[name]
+    level = LOGGER.level
+    LOGGER.setLevel(logging.ERROR)  # 'no model scale passed' and the layer table
+    try:
+        model = getattr(tasks, cls)(cfg, nc=NUM_CLASSES, verbose=False)
+    finally:
+        LOGGER.setLevel(level)
+    model.nc, model.args = NUM_CLASSES, get_cfg()
+    return model
+
+
+def replacer() -> Callable:
+    try:
+        from rtdetr_fused.integrations.ultralytics import replace_activations
+    except ImportError as e:
+        raise Unavailable(f"rtdetr_fused.integrations.ultralytics.replace_activations not importable ({e})") from e
+    return replace_activations
+
+
+def to_torch_nn(model: nn.Module) -> nn.Module:
+    """Turn each of our activation modules back into its torch.nn base class, in place. Ours
+    change only ``forward``, so the twin has the same modules in the same places, with
+    torch's kernels: the fair eager baseline for a swapped model."""
+    for module in model.modules():
+        if type(module) in TORCH_CLASS:
+            module.__class__ = TORCH_CLASS[type(module)]
+    return model
+
+
+def count_ours(model: nn.Module) -> int:
+    """Activation call sites running our modules (a shared module counts at each site)."""
+    return sum(type(m) in TORCH_CLASS for _, m in model.named_modules(remove_duplicate=False))
+
+
+Variant = tuple[str, str | None, nn.Module | Exception, int | None]
+
+
+def variants(base: nn.Module, activations: tuple[str, ...]) -> Iterator[Variant]:
+    """(provider, activation, model or the exception that prevented it, call sites swapped):
+    the stock model, then per activation ours (``targets="all"``) and its torch.nn twin. Each
+    model is a fresh copy of ``base``, built on the host before it is handed out."""
+    yield "stock", None, copy.deepcopy(base), None
+    for activation in activations:
+        try:
+            replace = replacer()
+            ours = copy.deepcopy(base)
+            replace(ours, activation, targets="all", **ACTIVATION_TABLE[activation].kwargs)
+        except Exception as e:  # the integration's failure is a result, not a crash
+            yield OURS, activation, e, None
+            yield "eager", activation, e, None
+            continue
+        swapped = count_ours(ours)
+        eager = to_torch_nn(copy.deepcopy(ours))
+        yield OURS, activation, ours, swapped
+        del ours
+        yield "eager", activation, eager, swapped
+
+
+def synthetic_batch(batch: int, imgsz: int, device: torch.device, seed: int, boxes: int = 8) -> dict:
+    """Random images and ``boxes`` random labelled boxes per image, in Ultralytics' batch format
+    (normalised xywh)."""
+    gen = torch.Generator().manual_seed(seed)
+    n = batch * boxes
+    centre = 0.2 + 0.6 * torch.rand(n, 2, generator=gen)
+    size = 0.05 + 0.3 * torch.rand(n, 2, generator=gen)
+    return {
+        "img": torch.rand(batch, 3, imgsz, imgsz, generator=gen).to(device),
+        "cls": torch.randint(0, NUM_CLASSES, (n, 1), generator=gen).float().to(device),
+        "bboxes": torch.cat([centre, size], 1).to(device),
+        "batch_idx": torch.arange(batch).repeat_interleave(boxes).float().to(device),
+    }
