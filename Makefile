@@ -1,5 +1,6 @@
 # make bench: the benchmark harness (CPU part without a GPU).  make test: lint and tests.
 # make gpu-check: on a GPU machine with torch and triton installed and no network.
+SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
