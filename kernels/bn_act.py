@@ -22,6 +22,7 @@ formula, including those written for the activation's output (ReLU, ReLU6, Leaky
 slope >= 0 see the same sign and range in z).
 """
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -119,12 +120,11 @@ def _stats_kernel(
     fixed = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
     start = split * PER
-    end = tl.minimum(start + PER, R if COLUMN else K)
     mean = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
     m2 = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
     count = tl.zeros([BLOCK_R, 1] if COLUMN else [1, BLOCK_K], dtype=acc)
-    for t in range(start, end, BLOCK_R if COLUMN else BLOCK_K):
-        rows, cols = _strip_tile(fixed, t, COLUMN, BLOCK_R, BLOCK_K)
+    for t in range(0, PER, BLOCK_R if COLUMN else BLOCK_K):  # the last strip may run past the end: masked
+        rows, cols = _strip_tile(fixed, start + t, COLUMN, BLOCK_R, BLOCK_K)
         offs, mask = _tile(rows, cols, R, K)
         x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
         if COLUMN:
@@ -260,14 +260,13 @@ def _backward_reduce_kernel(
     fixed = tl.program_id(0).to(tl.int64)
     split = tl.program_id(1).to(tl.int64)
     start = split * PER
-    end = tl.minimum(start + PER, R if COLUMN else K)
     rows, cols = _strip_tile(fixed, start, COLUMN, BLOCK_R, BLOCK_K)
     alpha = _alpha(a_ptr, rows, cols, C, ALPHA, PRELU, COLUMN)  # channels are fixed along the strip
     sum_gz = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
     sum_gzx = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
     sum_a = tl.zeros([BLOCK_R, BLOCK_K], dtype=acc)
-    for t in range(start, end, BLOCK_R if COLUMN else BLOCK_K):
-        rows, cols = _strip_tile(fixed, t, COLUMN, BLOCK_R, BLOCK_K)
+    for t in range(0, PER, BLOCK_R if COLUMN else BLOCK_K):  # the last strip may run past the end: masked
+        rows, cols = _strip_tile(fixed, start + t, COLUMN, BLOCK_R, BLOCK_K)
         offs, mask = _tile(rows, cols, R, K)
         x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
         g = upcast(tl.load(g_ptr + offs, mask=mask, other=0.0))  # g = 0 makes gz = 0 off the tensor
@@ -329,7 +328,7 @@ def _backward_kernel(
 # --- launch ------------------------------------------------------------------------------------
 
 
-class Geometry(NamedTuple):
+class _Geometry(NamedTuple):
     """The storage as an R x K matrix and the tiling of it (see the module docstring)."""
 
     rows: int
@@ -340,6 +339,7 @@ class Geometry(NamedTuple):
     block_k: int
 
 
+@functools.cache
 def _block_k(k: int, tile: int) -> int:
     """Widest power-of-two column block, at most ``tile``, that pads K the least: the H*W of
     detectors (400, 1600, 6400 = 25 * 2^m) then splits into blocks with no masked lanes."""
@@ -348,7 +348,7 @@ def _block_k(k: int, tile: int) -> int:
     return min(widths, key=lambda b: (triton.cdiv(k, b) * b, -b))
 
 
-def geometry(x: torch.Tensor, tile: int) -> Geometry:
+def _geometry(x: torch.Tensor, tile: int) -> _Geometry:
     """Geometry of a dense 4-D ``x`` with tiles of ``tile`` elements."""
     n, c = x.numel(), x.shape[1]
     if c == 1:
@@ -358,7 +358,7 @@ def geometry(x: torch.Tensor, tile: int) -> Geometry:
     else:
         r, k, column = n // x.stride(1), x.stride(1), False
     bk = _block_k(k, tile)
-    return Geometry(r, k, c, column, max(1, tile // bk), bk)
+    return _Geometry(r, k, c, column, max(1, tile // bk), bk)
 
 
 def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
@@ -373,7 +373,7 @@ class _Strips(NamedTuple):
     total: int
 
 
-def _strips(geo: Geometry, programs: int) -> _Strips:
+def _strips(geo: _Geometry, programs: int) -> _Strips:
     """Split the reduction axis into strips so that about ``programs`` programs run."""
     if geo.column:
         fixed, length, step = triton.cdiv(geo.cols, geo.block_k), geo.rows, geo.block_r
@@ -403,7 +403,7 @@ def statistics(
     """Batch mean and 1 / sqrt(var + eps) per channel of a dense 4-D ``x`` (at least two values
     per channel); updates the running statistics in place when given."""
     acc = _accumulate_dtype(x)
-    geo = geometry(x, REDUCE_TILE // (acc.itemsize // 4))
+    geo = _geometry(x, REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
     partials = torch.empty((2, plane), dtype=acc, device=x.device)
@@ -460,7 +460,7 @@ def forward(
 ) -> None:
     """out = act(BN(x)); ``x`` and ``out`` dense with the same strides, per-channel vectors
     contiguous with C elements (``act_weight``: PReLU's, for ``name == "prelu"``)."""
-    geo = geometry(x, block_size(x.dtype))
+    geo = _geometry(x, block_size(x.dtype))
     k_blocks = triton.cdiv(geo.cols, geo.block_k)
     _forward_kernel[(triton.cdiv(geo.rows, geo.block_r) * k_blocks,)](
         x,
@@ -503,7 +503,7 @@ def backward(
     acc = _accumulate_dtype(x)
     prelu = name == "prelu"
     a = act_weight if prelu else weight
-    geo = geometry(x, REDUCE_TILE // (acc.itemsize // 4))
+    geo = _geometry(x, REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
     partials = torch.empty((3 if prelu else 2, strips.partials, geo.channels), dtype=acc, device=x.device)
@@ -527,7 +527,7 @@ def backward(
         **common,
     )
     sums = partials.sum(1)  # fixed order: the same bits on every run
-    geo = geometry(x, block_size(x.dtype))
+    geo = _geometry(x, block_size(x.dtype))
     k_blocks = triton.cdiv(geo.cols, geo.block_k)
     _backward_kernel[(triton.cdiv(geo.rows, geo.block_r) * k_blocks,)](
         x,

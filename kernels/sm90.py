@@ -20,7 +20,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from . import pointwise, prelu
+from . import bn_act, pointwise, prelu
 from .formulas import FORMULAS
 
 TARGET = GPUTarget("cuda", 90, 32)
@@ -40,6 +40,7 @@ class Entry:
     constexprs: dict
     aligned: tuple[int, ...]
     num_warps: int
+    full_tensor: bool = True  # streams a whole tensor, so its loads must be 128-bit
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class Report:
     registers: int
     spill_bytes: int
     widest_load_bits: int
+    full_tensor: bool
 
 
 def _pointwise_entries() -> list[Entry]:
@@ -142,8 +144,91 @@ def _prelu_entries() -> list[Entry]:
     return entries
 
 
-# Other kernel families append their entries here.
-ENTRY_SOURCES = [_pointwise_entries, _prelu_entries]
+def _bn_act_entries() -> list[Entry]:
+    """NCHW-like (channel per row, H*W = 6400 -> 256-wide blocks) and channels_last-like
+    (channel per column, C = 256); SiLU, Mish (the most registers) and PReLU."""
+    entries = []
+    per_channel = ("mean_ptr", "invstd_ptr", "w_ptr", "b_ptr", "a_ptr")
+    for dt, ptr in DTYPES.items():
+        acc = "*fp64" if dt == "fp64" else "*fp32"
+        tile = pointwise.BYTES_PER_PROGRAM // ITEMSIZE[dt]
+        reduce_tile = bn_act.REDUCE_TILE // (2 if dt == "fp64" else 1)
+        for column in (False, True):
+            layout = "channel per column" if column else "channel per row"
+            blocks = {"BLOCK_R": tile // 256, "BLOCK_K": 256}
+            rblocks = {"BLOCK_R": reduce_tile // 256, "BLOCK_K": 256}
+            sig = {"x_ptr": ptr, "part_ptr": acc, "R": "i32", "K": "i32", "PER": "i32", "PLANE": "i32"}
+            sig |= {"COLUMN": "constexpr", "BLOCK_R": "constexpr", "BLOCK_K": "constexpr"}
+            entries.append(
+                Entry(
+                    f"bn stats ({layout})",
+                    dt,
+                    bn_act._stats_kernel,
+                    sig,
+                    {"COLUMN": column, **rblocks},
+                    (0, 1, 3, 4),
+                    pointwise.NUM_WARPS,
+                )
+            )
+            for name, is_prelu in (("silu", False), ("mish", False), ("leaky_relu", True)):
+                act = "prelu" if is_prelu else name
+                fwd, bwd = FORMULAS[name]
+                const = {"ALPHA": 0.0, "PRELU": is_prelu, "COLUMN": column}
+                sig = {"x_ptr": ptr, "y_ptr": ptr, **dict.fromkeys(per_channel, acc)}
+                sig |= {"R": "i32", "K": "i32", "C": "i32", "K_BLOCKS": "i32"}
+                sig |= dict.fromkeys(("FN", "ALPHA", "PRELU", "COLUMN", "BLOCK_R", "BLOCK_K"), "constexpr")
+                entries.append(
+                    Entry(
+                        f"bn+{act} forward ({layout})",
+                        dt,
+                        bn_act._forward_kernel,
+                        sig,
+                        {"FN": fwd, **const, **blocks},
+                        (0, 1, 8),
+                        pointwise.NUM_WARPS,
+                    )
+                )
+                sig = {"x_ptr": ptr, "g_ptr": ptr, "part_ptr": acc, **dict.fromkeys(per_channel, acc)}
+                sig |= {"R": "i32", "K": "i32", "C": "i32", "PER": "i32", "PLANE": "i32"}
+                sig |= dict.fromkeys(("FN", "ALPHA", "PRELU", "COLUMN", "BLOCK_R", "BLOCK_K"), "constexpr")
+                entries.append(
+                    Entry(
+                        f"bn+{act} backward reduce ({layout})",
+                        dt,
+                        bn_act._backward_reduce_kernel,
+                        sig,
+                        {"FN": bwd, **const, **rblocks},
+                        (0, 1, 9, 11),
+                        pointwise.NUM_WARPS,
+                    )
+                )
+                sig = {"x_ptr": ptr, "g_ptr": ptr, "dx_ptr": ptr, **dict.fromkeys(per_channel, acc), "sums_ptr": acc}
+                sig |= {"R": "i32", "K": "i32", "C": "i32", "K_BLOCKS": "i32", "N": "i32"}
+                sig |= dict.fromkeys(("FN", "ALPHA", "PRELU", "COLUMN", "TRAINING", "BLOCK_R", "BLOCK_K"), "constexpr")
+                entries.append(
+                    Entry(
+                        f"bn+{act} backward ({layout})",
+                        dt,
+                        bn_act._backward_kernel,
+                        sig,
+                        {"FN": bwd, **const, "TRAINING": True, **blocks},
+                        (0, 1, 2, 10),
+                        pointwise.NUM_WARPS,
+                    )
+                )
+    for acc in ("*fp32", "*fp64"):
+        sig = {"part_ptr": acc, "mean_ptr": acc, "invstd_ptr": acc, "rm_ptr": "*fp32", "rv_ptr": "*fp32"}
+        sig |= dict.fromkeys(("C", "S", "PLANE", "PER", "DIV", "TOTAL", "N"), "i32") | {"eps": "fp32", "factor": "fp32"}
+        sig |= dict.fromkeys(("UPDATE", "BLOCK_S", "BLOCK_C"), "constexpr")
+        const = {"UPDATE": True, "BLOCK_S": bn_act.FINALIZE_TILE // 32, "BLOCK_C": 32}
+        # Per-channel vectors only: no full tensor, so no 128-bit load is asked of it.
+        entries.append(
+            Entry("bn finalize", acc[1:], bn_act._finalize_kernel, sig, const, (), pointwise.NUM_WARPS, False)
+        )
+    return entries
+
+
+ENTRY_SOURCES = [_pointwise_entries, _prelu_entries, _bn_act_entries]
 
 
 def _ast_source(entry: Entry) -> ASTSource:
@@ -176,7 +261,7 @@ def compile_entry(entry: Entry) -> Report:
     registers = int(re.search(r"Used (\d+) registers", info).group(1))
     spills = sum(int(n) for n in re.findall(r"(\d+) bytes spill (?:stores|loads)", info))
     widths = [_load_bits(m) for m in re.findall(r"ld\.global(?:\.\w+)*", ptx)]
-    return Report(entry.label, entry.dtype, registers, spills, max(widths, default=0))
+    return Report(entry.label, entry.dtype, registers, spills, max(widths, default=0), entry.full_tensor)
 
 
 def _load_bits(instr: str) -> int:
@@ -199,7 +284,8 @@ def main() -> None:
     print("# sm_90 compile report\n")
     print(f"triton {triton.__version__}, its ptxas {ptxas().version} (`-v --gpu-name=sm_90a`), made by")
     print("`python -m rtdetr_fused.kernels.sm90`, no GPU needed. Widest load: 128 bits means")
-    print("16-byte vector loads (`ld.global.v4.b32` / `v2.b64`) on the unmasked full-block path.\n")
+    print("16-byte vector loads (`ld.global.v4.b32` / `v2.b64`) on the unmasked full-block path;")
+    print("`bn finalize` reads only per-channel vectors. BN+act rows specialise H*W = 6400 or C = 256.\n")
     print("| kernel | dtype | registers | spill bytes | widest load (bits) |")
     print("| --- | --- | ---: | ---: | ---: |")
     for r in reports:

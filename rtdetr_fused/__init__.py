@@ -5,6 +5,7 @@ ultralytics; kernels compile on first use.
 """
 
 from . import functional
+from .bn_act import BatchNormAct2d, batch_norm_act
 from .modules import ACTIVATIONS, GELU, Hardswish, LeakyReLU, Mish, PReLU, ReLU, ReLU6, SiLU, get_activation
 
 __version__ = "0.1.0"
@@ -26,6 +27,7 @@ def __getattr__(name: str):
 
 __all__ = [
     "ACTIVATIONS",
+    "BatchNormAct2d",
     "GELU",
     "Hardswish",
     "LeakyReLU",
@@ -34,6 +36,7 @@ __all__ = [
     "ReLU",
     "ReLU6",
     "SiLU",
+    "batch_norm_act",
     "functional",
     "get_activation",
     *_LAZY,

@@ -1,0 +1,201 @@
+"""BatchNorm2d fused with an activation as custom ops.
+
+- ``rtdetr_fused::bn_stats(x, running_mean?, running_var?, momentum, eps) -> (mean, invstd)``:
+  the batch statistics per channel, updating the running statistics in place. No autograd:
+  it runs on the detached input, and ``bn_act``'s backward differentiates through the
+  statistics itself.
+- ``rtdetr_fused::bn_act(x, mean, invstd, weight, bias, act_weight?, training, name, alpha)``:
+  ``act((x - mean) * invstd * weight + bias)``. Saved for backward: ``x``, ``mean``,
+  ``invstd``, ``weight``, ``bias`` (and PReLU's ``act_weight``), never the output, so a
+  Conv -> BN+act -> Conv chain keeps two full tensors per block (the conv's input and output).
+  ``training`` says the statistics are this batch's, which adds their gradient terms.
+- ``rtdetr_fused::bn_act_backward``: grad of x, weight, bias and act_weight in two passes.
+
+Per-channel tensors are float32 (float64 for float64 input) except ``weight``, ``bias`` and
+``act_weight``, which keep their own dtype. On CPU tensors the ops run the Triton kernels
+under ``TRITON_INTERPRET=1`` and PyTorch references otherwise.
+"""
+
+import torch
+
+from .activation import SPECS
+from .common import dense, device_programs, interpreting, like
+
+NAMES = (*SPECS, "prelu")
+"""Activation names ``bn_act`` accepts: the elementwise ones and ``prelu``."""
+
+
+def _kernels():
+    from rtdetr_fused.kernels import bn_act  # imports triton: only when a kernel runs
+
+    return bn_act
+
+
+def accumulate_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.float64 if x.dtype == torch.float64 else torch.float32
+
+
+def _channel_view(t: torch.Tensor) -> torch.Tensor:
+    """A [C] vector broadcastable against NCHW."""
+    return t.reshape(-1, 1, 1)
+
+
+# --- bn_stats ------------------------------------------------------------------------------
+
+
+def _bn_stats_triton(
+    x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None, momentum: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return _kernels().statistics(dense(x), running_mean, running_var, momentum, eps, device_programs(x))
+
+
+bn_stats = torch.library.custom_op(
+    "rtdetr_fused::bn_stats", _bn_stats_triton, mutates_args=("running_mean", "running_var"), device_types="cuda"
+)
+
+
+@bn_stats.register_kernel("cpu")
+def _bn_stats_cpu(
+    x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None, momentum: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    if interpreting():
+        return _bn_stats_triton(x, running_mean, running_var, momentum, eps)
+    var, mean = torch.var_mean(x.to(accumulate_dtype(x)), dim=(0, 2, 3), correction=0)
+    if running_mean is not None and running_var is not None:
+        n = x.numel() // x.shape[1]
+        running_mean.copy_(momentum * mean + (1 - momentum) * running_mean)
+        running_var.copy_(momentum * var * (n / (n - 1)) + (1 - momentum) * running_var)
+    return mean, torch.rsqrt(var + eps)
+
+
+@bn_stats.register_fake
+def _bn_stats_fake(x, running_mean, running_var, momentum, eps):
+    c = x.shape[1]
+    return x.new_empty(c, dtype=accumulate_dtype(x)), x.new_empty(c, dtype=accumulate_dtype(x))
+
+
+# --- bn_act --------------------------------------------------------------------------------
+
+
+def _bn_act_triton(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    act_weight: torch.Tensor | None,
+    training: bool,
+    name: str,
+    alpha: float,
+) -> torch.Tensor:
+    x = dense(x)
+    out = torch.empty_like(x)
+    if x.numel():
+        _kernels().forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha)
+    return out
+
+
+bn_act = torch.library.custom_op("rtdetr_fused::bn_act", _bn_act_triton, mutates_args=(), device_types="cuda")
+
+
+def _reference_z(x, mean, invstd, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xhat, z) in the accumulation dtype."""
+    xhat = (x.to(mean.dtype) - _channel_view(mean)) * _channel_view(invstd)
+    return xhat, xhat * _channel_view(weight) + _channel_view(bias)
+
+
+@bn_act.register_kernel("cpu")
+def _bn_act_cpu(x, mean, invstd, weight, bias, act_weight, training, name, alpha) -> torch.Tensor:
+    if interpreting():
+        return _bn_act_triton(x, mean, invstd, weight, bias, act_weight, training, name, alpha)
+    _, z = _reference_z(x, mean, invstd, weight, bias)
+    y = torch.prelu(z, act_weight.to(z.dtype)) if name == "prelu" else SPECS[name].reference(z, alpha)
+    return like(y.to(x.dtype), x)
+
+
+@bn_act.register_fake
+def _bn_act_fake(x, mean, invstd, weight, bias, act_weight, training, name, alpha):
+    return torch.empty_like(x)
+
+
+# --- bn_act_backward -------------------------------------------------------------------------
+
+
+def _bn_act_backward_triton(
+    x: torch.Tensor,
+    grad: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    act_weight: torch.Tensor | None,
+    training: bool,
+    name: str,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = dense(x)
+    grad = like(grad, x)
+    grad_x = torch.empty_like(x)
+    sums = _kernels().backward(
+        x, grad, grad_x, mean, invstd, weight, bias, act_weight, training, name, alpha, device_programs(x)
+    )
+    return grad_x, *_param_grads(sums, weight, bias, act_weight)
+
+
+def _param_grads(
+    sums: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act_weight: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(grad weight, grad bias, grad act_weight) from the per-channel sums [gz, gz * xhat, a]."""
+    # Copies: a custom op's outputs may not alias each other.
+    grad_a = sums[2].to(act_weight.dtype, copy=True) if act_weight is not None else weight.new_empty(0)
+    return sums[1].to(weight.dtype, copy=True), sums[0].to(bias.dtype, copy=True), grad_a
+
+
+bn_act_backward = torch.library.custom_op(
+    "rtdetr_fused::bn_act_backward", _bn_act_backward_triton, mutates_args=(), device_types="cuda"
+)
+
+
+@bn_act_backward.register_kernel("cpu")
+def _bn_act_backward_cpu(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha):
+    if interpreting():
+        return _bn_act_backward_triton(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha)
+    xhat, z = _reference_z(x, mean, invstd, weight, bias)
+    g = grad.to(z.dtype)
+    dims = (0, 2, 3)
+    if name == "prelu":
+        positive = z > 0
+        gz = torch.where(positive, g, _channel_view(act_weight.to(z.dtype)) * g)
+        rows = [torch.where(positive, 0.0, z * g).sum(dims)]
+    else:
+        gz = SPECS[name].reference_backward(z, g, alpha)  # z has the output's sign and range
+        rows = []
+    sums = torch.stack([gz.sum(dims), (gz * xhat).sum(dims), *rows])
+    if training:
+        n = x.numel() // x.shape[1]
+        gz = gz - _channel_view(sums[0] / n) - xhat * _channel_view(sums[1] / n)
+    grad_x = gz * _channel_view(weight.to(z.dtype) * invstd)
+    return like(grad_x.to(x.dtype), x), *_param_grads(sums, weight, bias, act_weight)
+
+
+@bn_act_backward.register_fake
+def _bn_act_backward_fake(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha):
+    grad_a = torch.empty_like(act_weight) if act_weight is not None else weight.new_empty(0)
+    return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), grad_a
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    x, mean, invstd, weight, bias, act_weight, training, name, alpha = inputs
+    ctx.training, ctx.name, ctx.alpha = training, name, alpha
+    ctx.save_for_backward(x, mean, invstd, weight, bias, act_weight)
+
+
+def _backward(ctx, grad: torch.Tensor):
+    x, mean, invstd, weight, bias, act_weight = ctx.saved_tensors
+    grad_x, grad_w, grad_b, grad_a = bn_act_backward(
+        x, grad, mean, invstd, weight, bias, act_weight, ctx.training, ctx.name, ctx.alpha
+    )
+    return grad_x, None, None, grad_w, grad_b, grad_a if act_weight is not None else None, None, None, None
+
+
+bn_act.register_autograd(_backward, setup_context=_setup_context)

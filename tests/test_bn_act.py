@@ -1,0 +1,293 @@
+"""Fused BatchNorm2d + activation against nn.BatchNorm2d + the torch.nn activation in float64:
+outputs, every gradient, running statistics, every BatchNorm option, layouts and dtypes,
+poisoned kernel outputs, determinism, bad input, and what backward keeps in memory."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from rtdetr_fused.kernels import bn_act as K
+from test_activations import _randn
+from torch import nn
+
+from rtdetr_fused.bn_act import BatchNormAct2d, activation_spec, batch_norm_act
+
+ACTS = {
+    "silu": lambda c: nn.SiLU(),
+    "mish": lambda c: nn.Mish(),
+    "hardswish": lambda c: nn.Hardswish(),
+    "leaky_relu": lambda c: nn.LeakyReLU(0.25),  # exact in float32, as the constexpr slope is
+    "relu6": lambda c: nn.ReLU6(),
+    "relu": lambda c: nn.ReLU(),
+    "gelu": lambda c: nn.GELU(),
+    "gelu_tanh": lambda c: nn.GELU("tanh"),
+    "prelu": lambda c: nn.PReLU(c),
+}
+TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
+
+
+def make(act: str, c: int, device: str, param_dtype=torch.float64, **bn_kwargs):
+    """(float64 CPU reference BatchNorm2d -> act, BatchNormAct2d on ``device``) with the same
+    random state: weights, biases, running statistics, PReLU slopes."""
+    bn = nn.BatchNorm2d(c, dtype=torch.float64, **bn_kwargs)
+    a = ACTS[act](c).double()
+    with torch.no_grad():
+        for p in bn.parameters():
+            p.uniform_(0.5, 2.0)
+        if bn.track_running_stats:
+            bn.running_mean.uniform_(-1.0, 1.0)
+            bn.running_var.uniform_(0.5, 2.0)
+        for p in a.parameters():
+            p.uniform_(-0.5, 0.5)
+    fused = BatchNormAct2d(c, act=copy.deepcopy(a), dtype=torch.float64, **bn_kwargs)
+    fused.load_state_dict({**bn.state_dict(), **{f"act.{k}": v for k, v in a.state_dict().items()}})
+    return nn.Sequential(bn, a), fused.to(device, param_dtype)
+
+
+def run(module: nn.Module, x: torch.Tensor, g: torch.Tensor):
+    """Output and gradients (input first, then the parameters in module order)."""
+    x = x.detach().clone().requires_grad_()
+    y = module(x)
+    return y, torch.autograd.grad(y, [x, *module.parameters()], g)
+
+
+def check(ref: nn.Module, fused: nn.Module, x: torch.Tensor, steps: int = 2) -> None:
+    """``steps`` forward/backward passes; results and buffers equal the reference's."""
+    tol = TOL[x.dtype]
+    for step in range(steps):
+        g = _randn(x.shape, x.dtype, x.device, 1.0)
+        y, grads = run(fused, x, g)
+        ref_y, ref_grads = run(ref, x.double().cpu(), g.double().cpu())
+        assert y.dtype == x.dtype and y.stride() == torch.empty_like(x).stride()
+        pairs = [("output", y, ref_y)] + [(f"grad {i}", a, b) for i, (a, b) in enumerate(zip(grads, ref_grads))]
+        pairs += [(k, v, ref.state_dict()[f"0.{k}"]) for k, v in fused.state_dict().items() if "act" not in k]
+        for what, got, want in pairs:
+            torch.testing.assert_close(got.cpu().to(want.dtype), want, rtol=tol, atol=tol, msg=f"{what}, step {step}")
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("act", ACTS)
+def test_training_matches_torch(act, layout, device):
+    x = _randn((2, 4, 5, 6), torch.float64, device) + 1.5
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    check(*make(act, 4, device), x)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("act", ["silu", "prelu", "relu6"])
+def test_dtypes(act, dtype, device):
+    """Half inputs with float32 parameters, as under autocast; float32 throughout."""
+    x = _randn((2, 3, 5, 7), dtype, device, 2.0).to(memory_format=torch.channels_last)
+    check(*make(act, 3, device, torch.float32), x)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"momentum": None},
+        {"momentum": 0.3, "eps": 1e-3},
+        {"affine": False},
+        {"track_running_stats": False},
+        {"affine": False, "track_running_stats": False},
+    ],
+    ids=str,
+)
+def test_batchnorm_options(options, device):
+    ref, fused = make("hardswish", 3, device, **options)
+    x = _randn((3, 3, 4, 5), torch.float64, device)
+    check(ref, fused, x, steps=3)
+    ref.eval()
+    fused.eval()
+    check(ref, fused, x, steps=1)
+
+
+@pytest.mark.parametrize("act", ["silu", "prelu"])
+def test_eval_uses_running_statistics(act, device):
+    ref, fused = make(act, 4, device)
+    ref.eval()
+    fused.eval()
+    x = _randn((1, 4, 1, 1), torch.float64, device)  # one value per channel: fine in eval
+    check(ref, fused, x, steps=1)
+    assert int(fused.num_batches_tracked) == 0
+
+
+def test_large_mean_keeps_variance(device):
+    """mean 1000, std 1 in float32: E[x^2] - E[x]^2 would lose the variance to cancellation."""
+    x = (torch.randn(4, 3, 16, 16, dtype=torch.float64) + 1000.0).float().to(device)
+    ref, fused = make("silu", 3, device, torch.float32, momentum=1.0)
+    fused(x)
+    ref(x.double().cpu())
+    torch.testing.assert_close(fused.running_var.cpu().double(), ref[0].running_var, rtol=1e-4, atol=0)
+    torch.testing.assert_close(fused.running_mean.cpu().double(), ref[0].running_mean, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("act", ACTS)
+def test_gradcheck(act, training, device):
+    c = 3
+    x = _randn((2, c, 2, 3), torch.float64, device, 1.0).requires_grad_()
+    w = (torch.rand(c, dtype=torch.float64, device=device) + 0.5).requires_grad_()
+    b = torch.randn(c, dtype=torch.float64, device=device).requires_grad_()
+    inputs = [x, w, b]
+    if act == "prelu":
+        inputs.append((torch.rand(c, dtype=torch.float64, device=device) - 0.5).requires_grad_())
+    name, alpha, _ = activation_spec(ACTS[act](c))
+    rm = torch.randn(c, dtype=torch.float64, device=device)
+    rv = torch.rand(c, dtype=torch.float64, device=device) + 0.5
+
+    def fn(x, w, b, a=None):
+        running = (None, None) if training else (rm, rv)
+        return batch_norm_act(x, *running, w, b, training, 0.1, 1e-5, name, alpha, a)
+
+    assert torch.autograd.gradcheck(fn, inputs, fast_mode=act != "silu")
+
+
+def test_same_bits_every_run(device):
+    x = _randn((3, 5, 17, 19), torch.float32, device)
+    _, first = make("mish", 5, device, torch.float32)
+    outs = []
+    for _ in range(2):
+        fused = copy.deepcopy(first)
+        y, grads = run(fused, x, torch.ones_like(x))
+        outs.append([y, *grads, fused.running_mean, fused.running_var])
+    assert all(torch.equal(a, b) for a, b in zip(*outs))
+
+
+SHAPES = {
+    "one_channel": ((2, 1, 5, 6), False),
+    "one_pixel": ((3, 4, 1, 1), False),
+    "odd_tails": ((3, 5, 7, 9), False),
+    "hw_400": ((2, 3, 20, 20), False),
+    "many_strips": ((2, 3, 48, 48), False),
+    "channels_last": ((3, 5, 7, 9), True),
+    "channels_last_one_channel": ((2, 1, 5, 6), True),
+    "channels_last_wide": ((2, 70, 3, 5), True),
+}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=str)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_kernels_write_every_element(shape, dtype, device):
+    """Outputs start as NaN; every element is written: tails, one channel, one pixel, strips."""
+    size, channels_last = SHAPES[shape]
+    x = _randn(size, dtype, device)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    c = size[1]
+    w, b, a = (torch.rand(c, device=device) + 0.5 for _ in range(3))
+    rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
+    mean, invstd = K.statistics(x, rm, rv, 0.5, 1e-5, programs=3)
+    var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
+    torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(invstd.double(), torch.rsqrt(var64 + 1e-5), rtol=1e-5, atol=1e-5)
+    y = torch.full_like(x, float("nan"))
+    K.forward(x, y, mean, invstd, w, b, a, "prelu", 0.0)
+    g = torch.randn_like(x)
+    gx = torch.full_like(x, float("nan"))
+    sums = K.backward(x, g, gx, mean, invstd, w, b, a, True, "prelu", 0.0, programs=3)
+    for t in (y, gx, sums):
+        assert not t.isnan().any()
+    ref_y = torch.prelu(F.batch_norm(x.double(), None, None, w.double(), b.double(), True), a.double())
+    torch.testing.assert_close(y.double(), ref_y, rtol=TOL[dtype], atol=TOL[dtype])
+
+
+def test_non_dense_input(device):
+    ref, fused = make("gelu", 3, device)
+    x = _randn((2, 6, 5, 8), torch.float64, device)[:, ::2, :, 1:]
+    check(ref, fused, x, steps=1)
+
+
+def test_pytorch_path_without_interpreter(monkeypatch):
+    """CPU tensors outside the interpreter take the PyTorch reference ops, with the same results."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = _randn((2, 3, 4, 5), torch.float64, "cpu")
+    for act in ("silu", "prelu", "leaky_relu"):
+        check(*make(act, 3, "cpu"), x.to(memory_format=torch.channels_last), steps=2)
+
+
+def test_state_dict_is_batchnorm2d():
+    assert BatchNormAct2d(4, act="relu").state_dict().keys() == nn.BatchNorm2d(4).state_dict().keys()
+    prelu = BatchNormAct2d(4, act="prelu", num_parameters=4)
+    assert set(prelu.state_dict()) == {*nn.BatchNorm2d(4).state_dict(), "act.weight"}
+    assert isinstance(prelu, nn.BatchNorm2d) and prelu.act.weight.shape == (4,)
+    leaky = BatchNormAct2d(4, momentum=None, act=nn.LeakyReLU(0.1))
+    assert activation_spec(leaky.act) == ("leaky_relu", 0.1, None) and leaky.momentum is None
+
+
+@pytest.mark.filterwarnings("ignore::FutureWarning")  # torch.jit.trace is deprecated, still used by exporters
+def test_tracing_records_standard_ops():
+    module = BatchNormAct2d(3, act="mish").eval()
+    graph = str(torch.jit.trace(module, torch.randn(2, 3, 4, 4)).graph)
+    assert "rtdetr_fused::" not in graph and "batch_norm" in graph and "mish" in graph
+
+
+def test_opcheck():
+    x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
+    mean, invstd = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    w, b = torch.rand(3, dtype=torch.float64, requires_grad=True), torch.rand(3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.rtdetr_fused.bn_act, (x, mean, invstd, w, b, None, True, "silu", 0.0))
+    stats_args = (x, torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), 0.1, 1e-5)
+    torch.library.opcheck(torch.ops.rtdetr_fused.bn_stats, stats_args)
+
+
+def test_rejects_bad_input():
+    module = BatchNormAct2d(3)
+    with pytest.raises(ValueError, match="4D input"):
+        module(torch.randn(3, 4, 5))
+    with pytest.raises(ValueError, match="input must be 4-D"):
+        batch_norm_act(torch.randn(3, 4, 5), None, None, training=True)
+    with pytest.raises(TypeError, match="input"):
+        batch_norm_act(torch.ones(2, 3, 4, 5, dtype=torch.int64), None, None, training=True)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        module(torch.randn(1, 3, 1, 1))
+    with pytest.raises(ValueError, match="weight"):
+        batch_norm_act(torch.randn(2, 3, 4, 5), None, None, torch.ones(4), training=True)
+    with pytest.raises(ValueError, match="act_weight"):
+        batch_norm_act(torch.randn(2, 3, 4, 5), None, None, training=True, act="prelu", act_weight=torch.ones(2))
+    with pytest.raises(ValueError, match="unknown activation"):
+        batch_norm_act(torch.randn(2, 3, 4, 5), None, None, training=True, act="tanh")
+    with pytest.raises(ValueError, match="not supported"):
+        BatchNormAct2d(3, act=nn.Tanh())
+
+
+# --- memory kept for backward ------------------------------------------------------------------
+
+
+def saved_bytes(model: nn.Module, x: torch.Tensor) -> int:
+    """Bytes of the unique storages autograd saves in a forward pass, parameters excluded."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages = {}
+
+    def pack(t):
+        s = t.untyped_storage()
+        if s.data_ptr() not in params:
+            storages[s.data_ptr()] = s.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(storages.values())
+
+
+def saved_per_block(block, x: torch.Tensor) -> float:
+    """Full tensors kept by one interior block: a chain of 3 blocks minus a chain of 2."""
+    chains = [nn.Sequential(*(block() for _ in range(n))) for n in (2, 3)]
+    return (saved_bytes(chains[1], x) - saved_bytes(chains[0], x)) / (x.numel() * x.element_size())
+
+
+@pytest.mark.parametrize("act", ACTS)
+def test_interior_block_keeps_two_tensors(act):
+    c = 8
+    x = torch.randn(2, c, 6, 6, requires_grad=True)
+
+    def eager():
+        return nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), nn.BatchNorm2d(c), ACTS[act](c))
+
+    def fused():
+        return nn.Sequential(nn.Conv2d(c, c, 3, 1, 1, bias=False), BatchNormAct2d(c, act=ACTS[act](c)))
+
+    assert saved_per_block(fused, x) <= 2.1  # 2 full tensors plus mean and 1/std (2C values)
+    eager_tensors = saved_per_block(eager, x)
+    assert eager_tensors >= (2.0 if act == "relu" else 3.0)
