@@ -7,14 +7,11 @@ interpreter on a few blocks with a tiny input.
 
 import copy
 import io
-import os
 
-os.environ.setdefault("YOLO_OFFLINE", "1")  # before ultralytics is imported: no network checks
-
-import pytest  # noqa: E402
-import torch  # noqa: E402
-from test_bn_act import saved_per_block  # noqa: E402
-from torch import nn  # noqa: E402
+import pytest
+import torch
+from test_bn_act import saved_per_block
+from torch import nn
 
 pytest.importorskip("ultralytics")
 
@@ -22,14 +19,9 @@ from ultralytics.nn.modules import Conv, Conv2, DWConv  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 
 from rtdetr_fused.integrations.fuse_bn import FusedConvForward, fuse_bn_act, unfuse_bn_act  # noqa: E402
+from rtdetr_fused.integrations.ultralytics import patch_ultralytics, replace_activations, to_torch_nn  # noqa: E402
 from rtdetr_fused.modules import Mish  # noqa: E402
 from rtdetr_fused.ops.common import interpreting  # noqa: E402
-
-
-@pytest.fixture
-def pytorch_path(monkeypatch):
-    """CPU ops compute with PyTorch: the interpreter is far too slow for whole detectors."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
 
 
 @pytest.fixture(scope="module")
@@ -141,3 +133,19 @@ def test_interior_conv_block_keeps_two_tensors():
     x = torch.randn(2, 8, 6, 6, requires_grad=True)
     assert saved_per_block(lambda: block(True), x) <= 2.1
     assert saved_per_block(lambda: block(False), x) >= 3.0
+
+
+def test_fuse_bn_option_of_the_ultralytics_api(yolo):
+    """replace_activations and patch_ultralytics with fuse_bn=True fuse the Conv blocks;
+    to_torch_nn unfuses them, so the model needs nothing of this package."""
+    model = copy.deepcopy(yolo)
+    keys = list(model.state_dict())
+    replace_activations(model, "mish", fuse_bn=True)
+    fused = _fused_blocks(model)
+    assert len(fused) > 50 and all(isinstance(m.act, Mish) for m in fused)
+    assert list(model.state_dict()) == keys
+    to_torch_nn(model)
+    assert not _fused_blocks(model) and not any(type(m).__module__.startswith("rtdetr_fused") for m in model.modules())
+    with patch_ultralytics("silu", fuse_bn=True):
+        built = DetectionModel("yolo11n.yaml", verbose=False)
+    assert len(_fused_blocks(built)) == len(fused)
