@@ -169,12 +169,16 @@ def test_rtdetr_fuse_and_predict(pytorch_path):
         model = RTDETR("rtdetr-l.yaml")
     net = model.model.eval()
     x = torch.rand(1, 3, 64, 64)
+    # Compare the decoder's input features: BN folding changes rounding, which can reorder the
+    # decoder's top-k query selection of an untrained model and so its outputs.
+    features = []
+    net.model[-1].register_forward_pre_hook(lambda module, args: features.append(_leaves(args)))
     with torch.no_grad():
-        before = _leaves(net(x))
+        net(x)
         net.fuse(verbose=False)
-        after = _leaves(net(x))
+        net(x)
     assert U.activation_sites(net)["rtdetr_fused.Mish"] == 24
-    torch.testing.assert_close(after, before, rtol=1e-3, atol=1e-3)  # BN folding changes rounding
+    torch.testing.assert_close(features[1], features[0], rtol=1e-3, atol=1e-3)
     results = model.predict(np.full((64, 64, 3), 114, np.uint8), imgsz=64, device="cpu", verbose=False)
     assert len(results) == 1 and results[0].boxes is not None
 
