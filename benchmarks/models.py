@@ -64,26 +64,44 @@ def count_ours(model: nn.Module) -> int:
 
 
 Variant = tuple[str, str | None, nn.Module | Exception, int | None]
+FUSE_BN = f"{OURS}+fuse_bn"
+"""Ours with ``replace_activations(..., fuse_bn=True)``: BatchNorm fused into each Conv block's
+activation, and HGBlocks' concatenations not saved."""
+
+
+def _replaced(base: nn.Module, replace: Callable, activation: str, **kwargs) -> nn.Module | Exception:
+    """A copy of ``base`` with ``activation`` everywhere, or the exception that prevented it:
+    the integration's failure is a result, not a crash."""
+    try:
+        model = copy.deepcopy(base)
+        replace(model, activation, targets="all", **ACTIVATION_TABLE[activation].kwargs, **kwargs)
+    except Exception as e:
+        return e
+    return model
 
 
 def variants(base: nn.Module, activations: tuple[str, ...]) -> Iterator[Variant]:
     """(provider, activation, model or the exception that prevented it, call sites swapped):
-    the stock model, then per activation ours (``targets="all"``) and its torch.nn twin. Each
-    model is a fresh copy of ``base``, built on the host before it is handed out."""
+    the stock model, then per activation ours (``targets="all"``), ours with ``fuse_bn=True``
+    and the torch.nn twin of ours. Each model is a fresh copy of ``base``, built on the host
+    before it is handed out."""
     yield "stock", None, copy.deepcopy(base), None
     for activation in activations:
         try:
             replace = replacer()
-            ours = copy.deepcopy(base)
-            replace(ours, activation, targets="all", **ACTIVATION_TABLE[activation].kwargs)
-        except Exception as e:  # the integration's failure is a result, not a crash
-            yield OURS, activation, e, None
-            yield "eager", activation, e, None
+        except Unavailable as e:
+            ours = e
+        else:
+            ours = _replaced(base, replace, activation)
+        if isinstance(ours, Exception):
+            for provider in (OURS, FUSE_BN, "eager"):
+                yield provider, activation, ours, None
             continue
         swapped = count_ours(ours)
         eager = to_torch_nn(copy.deepcopy(ours))
         yield OURS, activation, ours, swapped
         del ours
+        yield FUSE_BN, activation, _replaced(base, replace, activation, fuse_bn=True), swapped
         yield "eager", activation, eager, swapped
 
 

@@ -1,12 +1,20 @@
-"""Run Ultralytics ``Conv`` blocks as conv -> fused BatchNorm+activation, in place.
+"""Run Ultralytics ``Conv`` blocks as conv -> fused BatchNorm+activation, and HGBlocks without
+saving their concatenation, in place.
 
 A block keeps its modules (``conv``, ``bn``, ``act``), so its state_dict keys, checkpoints in
 both directions and ``model.fuse()`` (which folds ``bn`` into ``conv`` and sets
 ``forward = forward_fuse``) are unchanged; only the block's ``forward`` is replaced by a
-``FusedConvForward`` instance attribute, which pickles with the model. Ultralytics is never
-imported: a block qualifies when its class uses Ultralytics' ``Conv.forward`` (``Conv``,
-``DWConv`` and other subclasses that keep it; ``Conv2`` adds a branch and is left alone), its
-``bn`` is a ``BatchNorm2d`` and its ``act`` one that ``activation_spec`` supports.
+``FusedConvForward`` (``FusedHGBlockForward``) instance attribute, which pickles with the model.
+Ultralytics is never imported:
+
+- a Conv block qualifies when its class uses Ultralytics' ``Conv.forward`` (``Conv``, ``DWConv``
+  and other subclasses that keep it; ``Conv2`` adds a branch and is left alone), its ``bn`` is a
+  ``BatchNorm2d`` and its ``act`` one that ``activation_spec`` supports;
+- an HGBlock (PP-HGNetV2, RT-DETR's backbone) qualifies when its class uses Ultralytics'
+  ``HGBlock.forward`` and its squeeze conv ``sc`` is a Conv block with a ``BatchNorm2d``. Its
+  ``sc`` then convolves the concatenation of the block's input and its ``m`` outputs through
+  ``cat_conv2d``, which saves those tensors (saved already by the convs that read them) instead
+  of the concatenation, and runs ``sc``'s BatchNorm+activation fused when ``act`` is supported.
 """
 
 import sys
@@ -15,55 +23,112 @@ import torch
 from torch import nn
 
 from ..bn_act import activation_spec, batch_norm_act_module
+from ..cat_conv import cat_conv2d
+from ..ops.common import exporting
 
 
-class FusedConvForward:
-    """``act(bn(conv(x)))`` of ``block`` with BN and activation fused, read from the block at
-    each call (a later ``block.act = ...`` is seen). A class, not a closure, so it pickles."""
+class _FusedForward:
+    """A block's replacement ``forward``, reading the block's modules at each call (a later
+    ``block.act = ...`` is seen). A class, not a closure, so it pickles."""
 
     def __init__(self, block: nn.Module) -> None:
         self.block = block
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        block = self.block
-        return batch_norm_act_module(block.bn, block.act, block.conv(x))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.block).__name__})"
 
 
-def _conv_forward():
-    """Ultralytics' ``Conv.forward`` if ultralytics is loaded (a model of it exists only then)."""
-    conv = getattr(sys.modules.get("ultralytics.nn.modules.conv"), "Conv", None)
-    return getattr(conv, "forward", None)
+class FusedConvForward(_FusedForward):
+    """``act(bn(conv(x)))`` of a Conv block with BN and activation fused."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.block
+        return batch_norm_act_module(block.bn, block.act, block.conv(x))
 
 
-def fusable(module: nn.Module) -> bool:
-    """True for a Conv-style block that ``fuse_bn_act`` would fuse."""
-    conv_forward = _conv_forward()
+class FusedHGBlockForward(_FusedForward):
+    """``HGBlock.forward`` with ``sc(torch.cat(y, 1))`` run by ``cat_conv2d`` and ``sc``'s
+    BatchNorm+activation fused (eager when ``act`` is unsupported). Without autograd, under
+    export, or once ``model.fuse()`` has folded ``sc.bn``, the class's own forward runs: there
+    is nothing to save."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.block
+        sc = block.sc
+        if not torch.is_grad_enabled() or exporting() or not _conv_block(sc):
+            return type(block).forward(block, x)
+        y = [x]
+        y.extend(m(y[-1]) for m in block.m)
+        z = cat_conv2d(y, sc.conv)
+        z = batch_norm_act_module(sc.bn, sc.act, z) if activation_spec(sc.act) else sc.act(sc.bn(z))
+        z = block.ec(z)
+        return z + x if block.add else z
+
+
+def _ultralytics(module: str, cls: str):
+    """``cls.forward`` of ``ultralytics.nn.modules.<module>`` if ultralytics is loaded (a model
+    of it exists only then)."""
+    return getattr(getattr(sys.modules.get(f"ultralytics.nn.modules.{module}"), cls, None), "forward", None)
+
+
+def _fused(module: nn.Module) -> bool:
+    return isinstance(vars(module).get("forward"), _FusedForward)
+
+
+def _conv_block(module: nn.Module) -> bool:
+    """A Conv-style block in its training form (``bn`` not folded by ``model.fuse()``)."""
+    conv_forward = _ultralytics("conv", "Conv")
     return (
         conv_forward is not None
         and type(module).forward is conv_forward
-        and "forward" not in vars(module)  # not fused already, nor set to forward_fuse by model.fuse()
+        and ("forward" not in vars(module) or _fused(module))
         and isinstance(getattr(module, "conv", None), nn.Module)
         and isinstance(getattr(module, "bn", None), nn.BatchNorm2d)
         and isinstance(getattr(module, "act", None), nn.Module)
-        and activation_spec(module.act) is not None
     )
 
 
+def _hg_block(module: nn.Module) -> bool:
+    """An HGBlock whose squeeze conv ``cat_conv2d`` can run."""
+    sc = getattr(module, "sc", None)
+    return (
+        type(module).forward is _ultralytics("block", "HGBlock")
+        and isinstance(sc, nn.Module)
+        and _conv_block(sc)
+        and isinstance(sc.conv, nn.Conv2d)
+        and sc.conv.padding_mode == "zeros"
+        and not isinstance(sc.conv.padding, str)
+    )
+
+
+FORWARDS = {
+    FusedConvForward: lambda m: _conv_block(m) and activation_spec(m.act) is not None,
+    FusedHGBlockForward: _hg_block,
+}
+"""Each fused forward and the blocks it applies to."""
+
+
+def fusable(module: nn.Module) -> type[_FusedForward] | None:
+    """The fused forward ``fuse_bn_act`` would give ``module``, or None (not a qualifying block,
+    already fused, or folded by ``model.fuse()``)."""
+    if "forward" in vars(module):
+        return None
+    return next((forward for forward, applies in FORWARDS.items() if applies(module)), None)
+
+
 def fuse_bn_act(module: nn.Module) -> int:
-    """Make every qualifying block in ``module`` run conv -> fused BN+activation; returns how many.
-    Blocks whose ``act`` is ``nn.Identity`` or unsupported keep eager BN."""
-    blocks = [m for m in module.modules() if fusable(m)]
-    for block in blocks:
-        block.forward = FusedConvForward(block)
+    """Make every qualifying block in ``module`` run conv -> fused BN+activation, and every
+    qualifying HGBlock save its pieces instead of their concatenation; returns how many blocks.
+    Conv blocks whose ``act`` is ``nn.Identity`` or unsupported keep eager BN."""
+    blocks = [(m, forward) for m in module.modules() if (forward := fusable(m))]
+    for block, forward in blocks:
+        block.forward = forward(block)
     return len(blocks)
 
 
 def unfuse_bn_act(module: nn.Module) -> int:
     """Undo ``fuse_bn_act`` in ``module``; returns how many blocks went back to their class's forward."""
-    blocks = [m for m in module.modules() if isinstance(vars(m).get("forward"), FusedConvForward)]
+    blocks = [m for m in module.modules() if _fused(m)]
     for block in blocks:
         del block.forward
     return len(blocks)
