@@ -1,5 +1,14 @@
 """Triton kernels for rtdetr_fused, installed as ``rtdetr_fused.kernels``.
 
-Importing this package imports triton; ``rtdetr_fused`` imports it only when a kernel is
-launched, so the package still works (with PyTorch ops) where triton is missing.
+The kernel modules import triton; ``rtdetr_fused`` imports them only when a kernel is
+launched, so the package still works (with PyTorch ops) where triton is missing. This
+package itself imports only torch.
 """
+
+import torch
+
+
+def accumulate_dtype(x: torch.Tensor) -> torch.dtype:
+    """The compute dtype, host side (``pointwise.upcast`` is the kernels' twin): float64 for
+    float64 tensors, float32 for the rest."""
+    return torch.float64 if x.dtype == torch.float64 else torch.float32

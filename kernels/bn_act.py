@@ -29,6 +29,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import accumulate_dtype
 from .formulas import FORMULAS
 from .pointwise import NUM_WARPS, block_size, upcast
 
@@ -361,10 +362,6 @@ def _geometry(x: torch.Tensor, tile: int) -> _Geometry:
     return _Geometry(r, k, c, column, max(1, tile // bk), bk)
 
 
-def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
-
-
 class _Strips(NamedTuple):
     grid: tuple[int, int]
     per: int  # rows (COLUMN) or columns per strip, a whole number of tiles
@@ -402,7 +399,7 @@ def statistics(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch mean and 1 / sqrt(var + eps) per channel of a dense 4-D ``x`` (at least two values
     per channel); updates the running statistics in place when given."""
-    acc = _accumulate_dtype(x)
+    acc = accumulate_dtype(x)
     geo = _geometry(x, REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
@@ -500,7 +497,7 @@ def backward(
 ) -> torch.Tensor:
     """Write grad_x; return the per-channel sums [grad bias, grad weight(, grad PReLU weight)]
     in the accumulation dtype. ``x``, ``grad`` and ``grad_x`` share strides."""
-    acc = _accumulate_dtype(x)
+    acc = accumulate_dtype(x)
     prelu = name == "prelu"
     a = act_weight if prelu else weight
     geo = _geometry(x, REDUCE_TILE // (acc.itemsize // 4))

@@ -11,6 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import accumulate_dtype
 from .pointwise import NUM_WARPS, block_size, upcast
 
 
@@ -98,7 +99,7 @@ def backward(
     """Write grad_x; return grad_weight (float32, or float64 for float64 input)."""
     n = x.numel()
     b, c = channel_geometry(x, weight.numel())
-    acc_dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    acc_dtype = accumulate_dtype(x)
     tile = block_size(x.dtype)
     if b == 1 and c > 1:
         rows, k = n // c, c

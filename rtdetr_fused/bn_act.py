@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .kernels import accumulate_dtype
 from .modules import get_activation
 from .ops import bn_act as _ops
 from .ops.activation import SPECS
@@ -89,7 +90,7 @@ def batch_norm_act(
     if training and input.numel() // max(c, 1) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
 
-    acc = _ops.accumulate_dtype(input)
+    acc = accumulate_dtype(input)
     if training:
         mean, invstd = _ops.bn_stats(input.detach(), running_mean, running_var, float(momentum), float(eps))
     else:

@@ -18,6 +18,7 @@ under ``TRITON_INTERPRET=1`` and PyTorch references otherwise.
 
 import torch
 
+from ..kernels import accumulate_dtype
 from .activation import SPECS
 from .common import dense, device_programs, interpreting, like
 
@@ -29,10 +30,6 @@ def _kernels():
     from rtdetr_fused.kernels import bn_act  # imports triton: only when a kernel runs
 
     return bn_act
-
-
-def accumulate_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _channel_view(t: torch.Tensor) -> torch.Tensor:

@@ -7,11 +7,8 @@ Saved for backward: the input and the weight.
 
 import torch
 
+from ..kernels import accumulate_dtype
 from .common import check_float, check_same_device, dense, device_programs, exporting, interpreting, like
-
-
-def _accumulate_dtype(x: torch.Tensor) -> torch.dtype:
-    return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
 def _kernels():
@@ -31,7 +28,7 @@ def _prelu_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     x = dense(x)
     out = torch.empty_like(x)
     if x.numel():
-        _kernels().forward(x, weight.reshape(-1).to(_accumulate_dtype(x)), out)
+        _kernels().forward(x, weight.reshape(-1).to(accumulate_dtype(x)), out)
     return out
 
 
@@ -42,7 +39,7 @@ prelu = torch.library.custom_op("rtdetr_fused::prelu", _prelu_triton, mutates_ar
 def _prelu_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if interpreting():
         return _prelu_triton(x, weight)
-    w = _weight_view(x, weight).to(_accumulate_dtype(x))
+    w = _weight_view(x, weight).to(accumulate_dtype(x))
     return torch.where(x > 0, x, w * x).to(x.dtype)
 
 
@@ -59,7 +56,7 @@ def _prelu_backward_triton(
     grad_x = torch.empty_like(x)
     if not x.numel():
         return grad_x, torch.zeros_like(weight)
-    w = weight.reshape(-1).to(_accumulate_dtype(x))
+    w = weight.reshape(-1).to(accumulate_dtype(x))
     grad_w = _kernels().backward(x, w, grad, grad_x, device_programs(x))
     return grad_x, grad_w.to(weight.dtype).reshape(weight.shape)
 
@@ -73,7 +70,7 @@ prelu_backward = torch.library.custom_op(
 def _prelu_backward_cpu(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     if interpreting():
         return _prelu_backward_triton(x, weight, grad)
-    acc = _accumulate_dtype(x)
+    acc = accumulate_dtype(x)
     xa, ga = x.to(acc), grad.to(acc)
     positive = xa > 0
     grad_x = torch.where(positive, ga, _weight_view(x, weight).to(acc) * ga).to(x.dtype)
