@@ -1,13 +1,8 @@
 """Training-mode BatchNorm2d fused with an activation: batch statistics, normalize + activation,
 and a backward that recomputes the BN output instead of saving it.
 
-A dense 4-D tensor's storage is [A, C, B] with B = x.stride(1), whatever its memory format.
-The kernels view it as a matrix of R rows of K contiguous elements in which a channel is whole
-columns or whole rows, so per-channel values are loaded once per row or column, never
-gathered per element:
-
-- COLUMN (B == 1, channels_last): R = A, K = C, the channel of column k is k;
-- otherwise (NCHW): R = A * C, K = B, the channel of row r is r % C (C == 1: one row).
+The kernels see a dense 4-D tensor's storage as the R x K matrix of ``layout.py``, in which
+a channel is whole columns (COLUMN, channels_last) or whole rows (NCHW).
 
 Reductions (the statistics in forward, two sums in backward) run in two stages, without
 atomics, so results are the same bits on every run and small C still fills the GPU: each
@@ -22,7 +17,6 @@ formula, including those written for the activation's output (ReLU, ReLU6, Leaky
 slope >= 0 see the same sign and range in z).
 """
 
-import functools
 from typing import NamedTuple
 
 import torch
@@ -31,6 +25,7 @@ import triton.language as tl
 
 from . import accumulate_dtype
 from .formulas import FORMULAS
+from .layout import Geometry, geometry
 from .pointwise import NUM_WARPS, block_size, upcast
 
 # Elements per reduction tile: the Welford loop keeps three tiles (x, mean, M2) live.
@@ -329,39 +324,6 @@ def _backward_kernel(
 # --- launch ------------------------------------------------------------------------------------
 
 
-class _Geometry(NamedTuple):
-    """The storage as an R x K matrix and the tiling of it (see the module docstring)."""
-
-    rows: int
-    cols: int
-    channels: int
-    column: bool
-    block_r: int
-    block_k: int
-
-
-@functools.cache
-def _block_k(k: int, tile: int) -> int:
-    """Widest power-of-two column block, at most ``tile``, that pads K the least: the H*W of
-    detectors (400, 1600, 6400 = 25 * 2^m) then splits into blocks with no masked lanes."""
-    top = min(triton.next_power_of_2(k), tile)
-    widths = [top >> i for i in range(top.bit_length()) if top >> i >= min(16, top)]
-    return min(widths, key=lambda b: (triton.cdiv(k, b) * b, -b))
-
-
-def _geometry(x: torch.Tensor, tile: int) -> _Geometry:
-    """Geometry of a dense 4-D ``x`` with tiles of ``tile`` elements."""
-    n, c = x.numel(), x.shape[1]
-    if c == 1:
-        r, k, column = 1, n, False
-    elif x.stride(1) == 1:
-        r, k, column = n // c, c, True
-    else:
-        r, k, column = n // x.stride(1), x.stride(1), False
-    bk = _block_k(k, tile)
-    return _Geometry(r, k, c, column, max(1, tile // bk), bk)
-
-
 class _Strips(NamedTuple):
     grid: tuple[int, int]
     per: int  # rows (COLUMN) or columns per strip, a whole number of tiles
@@ -370,7 +332,7 @@ class _Strips(NamedTuple):
     total: int
 
 
-def _strips(geo: _Geometry, programs: int) -> _Strips:
+def _strips(geo: Geometry, programs: int) -> _Strips:
     """Split the reduction axis into strips so that about ``programs`` programs run."""
     if geo.column:
         fixed, length, step = triton.cdiv(geo.cols, geo.block_k), geo.rows, geo.block_r
@@ -400,7 +362,7 @@ def statistics(
     """Batch mean and 1 / sqrt(var + eps) per channel of a dense 4-D ``x`` (at least two values
     per channel); updates the running statistics in place when given."""
     acc = accumulate_dtype(x)
-    geo = _geometry(x, REDUCE_TILE // (acc.itemsize // 4))
+    geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
     partials = torch.empty((2, plane), dtype=acc, device=x.device)
@@ -457,7 +419,7 @@ def forward(
 ) -> None:
     """out = act(BN(x)); ``x`` and ``out`` dense with the same strides, per-channel vectors
     contiguous with C elements (``act_weight``: PReLU's, for ``name == "prelu"``)."""
-    geo = _geometry(x, block_size(x.dtype))
+    geo = geometry(x, x.shape[1], block_size(x.dtype))
     k_blocks = triton.cdiv(geo.cols, geo.block_k)
     _forward_kernel[(triton.cdiv(geo.rows, geo.block_r) * k_blocks,)](
         x,
@@ -500,7 +462,7 @@ def backward(
     acc = accumulate_dtype(x)
     prelu = name == "prelu"
     a = act_weight if prelu else weight
-    geo = _geometry(x, REDUCE_TILE // (acc.itemsize // 4))
+    geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
     partials = torch.empty((3 if prelu else 2, strips.partials, geo.channels), dtype=acc, device=x.device)
@@ -524,7 +486,7 @@ def backward(
         **common,
     )
     sums = partials.sum(1)  # fixed order: the same bits on every run
-    geo = _geometry(x, block_size(x.dtype))
+    geo = geometry(x, x.shape[1], block_size(x.dtype))
     k_blocks = triton.cdiv(geo.cols, geo.block_k)
     _backward_kernel[(triton.cdiv(geo.rows, geo.block_r) * k_blocks,)](
         x,

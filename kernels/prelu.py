@@ -1,10 +1,10 @@
 """PReLU: y = x if x > 0 else w[c] * x, with one weight per channel (dim 1) or one in all.
 
-A dense tensor's storage is a contiguous array [A, C, B] whatever its layout, with
-B = x.stride(1) (NCHW: B = H*W; channels_last: B = 1), so the channel of storage offset i is
-(i // B) % C. Forward is flat like the other activations. Backward writes grad_input and
-per-program partial sums of x * g over the negative elements; ``backward`` then adds the
-partials in a fixed order (no atomics: the same bits on every run).
+A dense tensor's storage is [A, C, B] with B = x.stride(1) (``layout.py``), so the channel of
+storage offset i is (i // B) % C. Forward is flat like the other activations. Backward walks
+``layout.geometry``'s R x K matrix, writes grad_input and per-program partial sums of x * g
+over the negative elements; ``backward`` then adds the partials in a fixed order (no atomics:
+the same bits on every run).
 """
 
 import torch
@@ -12,6 +12,7 @@ import triton
 import triton.language as tl
 
 from . import accumulate_dtype
+from .layout import geometry
 from .pointwise import NUM_WARPS, block_size, upcast
 
 
@@ -45,7 +46,7 @@ def _backward_kernel(
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
 ):
-    """Storage viewed as R rows of K contiguous elements.
+    """Storage viewed as R rows of K contiguous elements (``layout.geometry``).
 
     CHANNEL_IS_COLUMN (B == 1): K = C, the channel is the column; each program loops over
     ROWS_PER_PROGRAM rows and writes one partial per column. Otherwise K = B, the channel of
@@ -97,43 +98,33 @@ def backward(
     x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, grad_x: torch.Tensor, programs: int
 ) -> torch.Tensor:
     """Write grad_x; return grad_weight (float32, or float64 for float64 input)."""
-    n = x.numel()
-    b, c = channel_geometry(x, weight.numel())
-    acc_dtype = accumulate_dtype(x)
-    tile = block_size(x.dtype)
-    if b == 1 and c > 1:
-        rows, k = n // c, c
-        block_k = min(triton.next_power_of_2(k), tile)
-        block_r = max(1, tile // block_k)
-        k_blocks = triton.cdiv(k, block_k)
+    geo = geometry(x, weight.numel(), block_size(x.dtype))
+    k_blocks = triton.cdiv(geo.cols, geo.block_k)
+    if geo.column:
         # Enough row splits to fill the device, each a whole number of tiles.
-        splits = max(1, min(triton.cdiv(rows, block_r), programs // k_blocks))
-        per_program = triton.cdiv(triton.cdiv(rows, splits), block_r) * block_r
-        splits = triton.cdiv(rows, per_program)
-        partials = torch.empty((splits, k), dtype=acc_dtype, device=x.device)
+        splits = max(1, min(triton.cdiv(geo.rows, geo.block_r), programs // k_blocks))
+        per_program = triton.cdiv(triton.cdiv(geo.rows, splits), geo.block_r) * geo.block_r
+        splits = triton.cdiv(geo.rows, per_program)
+        partials_shape = (splits, geo.cols)
         grid = (splits, k_blocks)
     else:
-        k = b if c > 1 else n
-        rows = n // k
-        block_k = min(triton.next_power_of_2(k), tile)
-        block_r = max(1, tile // block_k)
-        per_program = block_r
-        k_blocks = triton.cdiv(k, block_k)
-        partials = torch.empty((k_blocks, rows // c, c), dtype=acc_dtype, device=x.device)
-        grid = (triton.cdiv(rows, block_r), k_blocks)
+        per_program = geo.block_r
+        partials_shape = (k_blocks, geo.rows // geo.channels, geo.channels)
+        grid = (triton.cdiv(geo.rows, geo.block_r), k_blocks)
+    partials = torch.empty(partials_shape, dtype=accumulate_dtype(x), device=x.device)
     _backward_kernel[grid](
         x,
         weight,
         grad,
         grad_x,
         partials,
-        rows,
-        k,
-        c,
+        geo.rows,
+        geo.cols,
+        geo.channels,
         per_program,
-        CHANNEL_IS_COLUMN=(b == 1 and c > 1),
-        BLOCK_R=block_r,
-        BLOCK_K=block_k,
+        CHANNEL_IS_COLUMN=geo.column,
+        BLOCK_R=geo.block_r,
+        BLOCK_K=geo.block_k,
         num_warps=NUM_WARPS,
     )
-    return partials.reshape(-1, c).sum(0)
+    return partials.reshape(-1, geo.channels).sum(0)
