@@ -26,18 +26,6 @@ test: lint
 bench: setup
 	$(BIN)/python -m benchmarks $(BENCH_ARGS)
 
-# pytest-xdist and pytest-timeout are on the GPU image: compile kernels in 4 processes, and a
-# hung test cannot eat the machine's lease.
-GPU_PYTEST_ARGS ?= $(shell $(PYTHON) -c "import xdist" 2>/dev/null && echo -n 4) \
-	$(shell $(PYTHON) -c "import pytest_timeout" 2>/dev/null && echo --timeout 240)
-
-# Both parts run even if one fails; the plots go into one plots.tgz so that RESULTS_DIR holds
-# at most 8 files (what the lent GPU machine sends back).
+# The GPU tests, then the quick benchmark (scripts/gpu_check.sh says how each is capped).
 gpu-check:
-	mkdir -p $(RESULTS_DIR)
-	$(PYTHON) -m pip install -q --no-deps --no-build-isolation -e .
-	set -o pipefail; status=0; \
-	$(PYTHON) -m pytest -q -m gpu $(GPU_PYTEST_ARGS) tests 2>&1 | tee $(RESULTS_DIR)/gpu-tests.log || status=1; \
-	$(PYTHON) -m benchmarks --quick --time-budget 270 --out $(RESULTS_DIR) 2>&1 | tee $(RESULTS_DIR)/bench.log || status=1; \
-	cd $(RESULTS_DIR) && if ls *.png >/dev/null 2>&1; then tar czf plots.tgz *.png && rm -f *.png; fi; \
-	exit $$status
+	PYTHON=$(PYTHON) RESULTS_DIR=$(RESULTS_DIR) bash scripts/gpu_check.sh

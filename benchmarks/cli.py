@@ -14,7 +14,7 @@ from .core import Context, Results, describe, make_progress
 from .env import environment
 from .measure import copy_bandwidth
 from .memory import run_blocks, run_model
-from .micro import run_micro, run_overhead, run_scaling
+from .micro import run_bn_act, run_micro, run_overhead, run_scaling
 from .plan import (
     ALL_ACTIVATIONS,
     ALL_DTYPES,
@@ -32,13 +32,15 @@ from .providers import PASSES, PROVIDERS, article_prelu_note
 from .report import markdown, print_tables, write_csv, write_json
 from .training import run_training
 
-# Cheap sections first, so a --time-budget cuts the long grid rather than whole sections.
+# Cheap sections first, so a --time-budget cuts the long grid rather than whole sections;
+# the fused BN+act figures (blocks, bn_act, training) before the activations' sweep.
 RUNNERS: dict[str, Callable[[Context], None]] = {
     "overhead": run_overhead,
     "model": run_model,
     "blocks": run_blocks,
-    "scaling": run_scaling,
+    "bn_act": run_bn_act,
     "training": run_training,
+    "scaling": run_scaling,
     "micro": run_micro,
 }
 assert set(RUNNERS) == set(SECTIONS)
@@ -159,6 +161,9 @@ def run(ctx: Context) -> None:
         copy_bandwidth(ctx.device, plan.copy_bytes, plan.warmup_ms, plan.rep_ms) if ctx.cuda else None
     )
     for name, runner in RUNNERS.items():
+        if ctx.interrupted:
+            results.skip(name, "interrupted (SIGINT): not run")
+            continue
         if name not in plan.sections:
             results.skip(name, _skip_reason(name, ctx.device))
             if name == "micro":
@@ -169,6 +174,9 @@ def run(ctx: Context) -> None:
             runner(ctx)
         except Exception as e:  # a broken section is a result; the others still run
             results.sections[name].status, results.sections[name].reason = "failed", describe(e)
+        except KeyboardInterrupt:  # a wall-clock cap (make gpu-check): keep what was measured
+            ctx.interrupted = True
+            results.notes.append(f"Interrupted (SIGINT) during the {name} section: later sections not run.")
         results.sections[name].seconds = perf_counter() - start
 
 

@@ -64,6 +64,10 @@ ROW_FIELDS: dict[str, tuple[str, ...]] = {
         "activation", "provider", "dtype", "shape", "feature_bytes", "saved_bytes", "saved_tensors",
         "saved_x_feature", "peak_bytes", "time_ms", "speedup_x",
     ),
+    "bn_act": (
+        "activation", "provider", "dtype", "pass", "shape", "layout", "numel",
+        "time_ms", "moved_bytes", "bandwidth_GBps", "roofline_pct", "speedup_x",
+    ),
     "model": (
         "model", "activation", "provider", "input_shape", "replaced", "saved_bytes", "saved_tensors", "saved_x_stock",
     ),
@@ -164,6 +168,7 @@ class Context:
         self.plan, self.device, self.results, self.progress = plan, device, results, progress
         self.label = results.meta["device_label"]
         self._start = perf_counter()
+        self.interrupted = False
 
     @property
     def cuda(self) -> bool:

@@ -9,7 +9,8 @@ from torch import nn
 
 from .core import Context, describe, fill_speedups
 from .measure import Peak, SavedTensors, back_to_back_ms, bench_ms, pool_size, release
-from .plan import DTYPES, ShapeCase
+from .memory import BLOCK_PROVIDERS
+from .plan import DTYPES, ShapeCase, parse_shapes
 from .providers import ACTIVATION_TABLE, OURS, PROVIDERS, moved_bytes
 
 Pool = list[tuple[torch.Tensor, torch.Tensor]]
@@ -106,15 +107,22 @@ def _micro_case(ctx: Context, provider: str, activation: str, dtype_name: str, c
     except Exception as e:
         ctx.add("memory", **base, status="error", error=describe(e))
     param_bytes = sum(p.numel() * p.element_size() for p in params)
-    for p in passes:
-        try:
-            ms = bench_ms(_calls(p["pass"], module, pool, params), ctx.device, plan.warmup_ms, plan.rep_ms)
-            moved = moved_bytes(p["pass"], base["numel"], dtype.itemsize, param_bytes)
-            ctx.add("micro", **base, **p, moved_bytes=moved, **_bandwidth(ctx, moved, ms))
-        except Exception as e:
-            ctx.add("micro", **base, **p, status="error", error=describe(e))
+    moved = {p: moved_bytes(p, base["numel"], dtype.itemsize, param_bytes) for p in plan.passes}
+    _time_passes(ctx, "micro", base, module, pool, params, moved)
     del module, pool
     release(ctx.device)
+
+
+def _time_passes(
+    ctx: Context, section: str, base: dict, module: nn.Module, pool: Pool, params: list, moved: dict[str, int]
+) -> None:
+    """One row per pass of ``moved`` (pass -> bytes it must move): time, bandwidth, roofline."""
+    for pass_name, nbytes in moved.items():
+        try:
+            ms = bench_ms(_calls(pass_name, module, pool, params), ctx.device, ctx.plan.warmup_ms, ctx.plan.rep_ms)
+            ctx.add(section, **base, **{"pass": pass_name}, moved_bytes=nbytes, **_bandwidth(ctx, nbytes, ms))
+        except Exception as e:
+            ctx.add(section, **base, **{"pass": pass_name}, status="error", error=describe(e))
 
 
 def _record_all(ctx: Context, base: dict, passes: list[dict], status: str, error: str) -> None:
@@ -126,16 +134,70 @@ def _record_all(ctx: Context, base: dict, passes: list[dict], status: str, error
 
 def run_micro(ctx: Context) -> None:
     """Every provider x activation x dtype x shape: time of each pass, effective bandwidth,
-    share of the copy roofline, bytes saved and peak memory. torch.compile runs last so a
-    time budget cuts it first."""
+    share of the copy roofline, bytes saved and peak memory. Each case runs its providers one
+    after another, so a time budget leaves whole comparisons; torch.compile runs after all of
+    them, so the budget cuts it first."""
     plan = ctx.plan
-    providers = [p for p in PROVIDERS if p in plan.providers]
-    work = list(itertools.product(providers, plan.activations, plan.dtypes, plan.cases))
+    cases = list(itertools.product(plan.activations, plan.dtypes, plan.cases))
+    plain = [p for p in PROVIDERS if p in plan.providers and p != "compile"]
+    work = [(p, *case) for case in cases for p in plain]
+    work += [("compile", *case) for case in cases] if "compile" in plan.providers else []
     with ctx.task("micro: time, bandwidth, memory", len(work)) as advance:
         for provider, activation, dtype, case in work:
             _micro_case(ctx, provider, activation, dtype, case)
             advance()
     fill_speedups(ctx.results.sections["micro"].rows, ("activation", "dtype", "pass", "shape", "layout"), "time_ms")
+
+
+# Input-sized tensors a fused BN+act pass must move: forward reads x for the statistics and
+# again to normalize, and writes y; backward reads x and grad_output for the two per-channel
+# sums and again for grad_input, which it writes. Eager BatchNorm2d then the activation moves
+# 5 forward and 8 backward.
+BN_ACT_TENSORS = {"forward": 3, "backward": 5, "forward+backward": 8}
+
+
+def _bn_act_module(provider: str, activation: str, channels: int) -> nn.Module:
+    """Training-mode BatchNorm2d + activation: ours fused, torch.nn's pair, or that pair compiled."""
+    act = ACTIVATION_TABLE[activation]
+    if provider == OURS:
+        return BLOCK_PROVIDERS["bn_act"](act, channels)
+    pair = BLOCK_PROVIDERS["eager"](act, channels)
+    if provider == "compile":
+        torch._dynamo.reset()  # as for the activations: a clean cache per case, static shapes
+        return torch.compile(pair, dynamic=False)
+    return pair
+
+
+def run_bn_act(ctx: Context) -> None:
+    """BatchNorm2d + activation in training mode on RT-DETR-l's feature maps, ours fused
+    against torch.nn's BatchNorm2d then the activation, eager and compiled: time per pass
+    with parameters in float32 and maps in the block dtype, as under autocast."""
+    plan, dtype = ctx.plan, DTYPES[ctx.plan.block_dtype]
+    providers = [p for p in (OURS, "eager", "compile") if p in plan.providers]
+    cases = parse_shapes(plan.bn_act_shapes, plan.bn_act_layouts)
+    work = list(itertools.product(plan.activations, cases, providers))
+    with ctx.task(f"bn_act: BatchNorm2d + activation, {plan.block_dtype}", len(work)) as advance:
+        for activation, case, provider in work:
+            numel = case.numel(dtype)
+            base = dict(activation=activation, provider=provider, dtype=plan.block_dtype, shape=case.label)
+            base.update(layout=case.layout, numel=numel)
+            if ctx.out_of_time():
+                for p in plan.passes:
+                    ctx.add("bn_act", **base, **{"pass": p}, status="skipped", error=ctx.budget_reason)
+            else:
+                try:
+                    module = _bn_act_module(provider, activation, case.channels).to(ctx.device).train()
+                    pool = _pool(case, dtype, ctx.device, plan.seed)
+                    moved = {p: BN_ACT_TENSORS[p] * numel * dtype.itemsize for p in plan.passes}
+                    _time_passes(ctx, "bn_act", base, module, pool, list(module.parameters()), moved)
+                    del module, pool
+                except Exception as e:
+                    for p in plan.passes:
+                        ctx.add("bn_act", **base, **{"pass": p}, status="error", error=describe(e))
+                release(ctx.device)
+            advance()
+    keys = ("activation", "pass", "shape", "layout")
+    fill_speedups(ctx.results.sections["bn_act"].rows, keys, "time_ms")
 
 
 def run_scaling(ctx: Context) -> None:

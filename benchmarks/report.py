@@ -140,6 +140,29 @@ def blocks_table(results: Results, label: str) -> Table | None:
     return Table(title, headers, table)
 
 
+def bn_act_table(results: Results, label: str) -> Table | None:
+    rows = ok(results, "bn_act")
+    if not rows:
+        return None
+    pass_name = main_pass(rows)
+    rows = [r for r in rows if r["pass"] == pass_name]
+    providers = ordered({r["provider"] for r in rows}, [OURS, "eager", "compile"])
+    others = [p for p in providers if p != OURS]
+    headers = ["activation", "shape"] + [f"{p} ms" for p in providers] + [f"vs {p}" for p in others]
+    table = []
+    plan = results.meta["plan"]
+    for act in ordered({r["activation"] for r in rows}, plan["activations"]):
+        for shape, layout in ordered({(r["shape"], r["layout"]) for r in rows}, []):
+            by = {r["provider"]: r for r in rows if (r["activation"], r["shape"], r["layout"]) == (act, shape, layout)}
+            line = [act, f"{shape} {layout}"] + [fnum(by[p]["time_ms"], 3) if p in by else "-" for p in providers]
+            table.append(line + [fx(by[p]["speedup_x"]) if p in by else "-" for p in others])
+    title = (
+        f"{label}: BatchNorm2d + activation, training mode, {pass_name} ({rows[0]['dtype']} maps, float32 "
+        "parameters): time per call and speedup of ours (provider time / ours)"
+    )
+    return Table(title, headers, table)
+
+
 def model_table(results: Results, label: str) -> Table | None:
     rows = results.rows("model")
     if not rows:
@@ -247,7 +270,16 @@ def size_label(nbytes: int) -> str:
 
 def tables(results: Results) -> list[Table]:
     label = results.meta["device_label"]
-    makers = (micro_table, memory_table, blocks_table, model_table, overhead_table, scaling_table, training_table)
+    makers = (
+        micro_table,
+        memory_table,
+        blocks_table,
+        bn_act_table,
+        model_table,
+        overhead_table,
+        scaling_table,
+        training_table,
+    )
     made = [make(results, label) for make in makers] + [failures_table(results)]
     return [t for t in made if t]
 
@@ -295,6 +327,30 @@ def findings(results: Results) -> list[str]:
             f"{label}: one forward call of ours costs {extra[len(extra) // 2]:+.1f} us more on the host than torch.nn "
             "(median over activations): the custom op's dispatch."
         )
+    bn_act = [r for r in ok(results, "bn_act") if r["pass"] == "forward+backward" and r["provider"] != OURS]
+    for provider in ordered({r["provider"] for r in bn_act}, ["eager", "compile"]):
+        ratios = [r["speedup_x"] for r in bn_act if r["provider"] == provider and r["speedup_x"]]
+        if ratios:
+            out.append(
+                f"{label}: BatchNorm2d + activation forward+backward, ours fused against {provider}: "
+                f"{fx(geomean(ratios))} (geometric mean of {len(ratios)} cases, {fx(min(ratios))} to "
+                f"{fx(max(ratios))}; above 1: ours is faster)."
+            )
+    training = ok(results, "training")
+    for r in training:
+        if r["provider"] != FUSE_BN or not r["peak_bytes"]:
+            continue
+        same = (r["model"], r["precision"], r["activation"])
+        eager = [
+            e for e in training if e["provider"] == "eager" and (e["model"], e["precision"], e["activation"]) == same
+        ]
+        if eager and eager[0]["peak_bytes"]:
+            out.append(
+                f"{label}: {r['model']} {r['precision']} training step with {r['activation']}: peak memory with "
+                f"fuse_bn {fx(r['peak_bytes'] / eager[0]['peak_bytes'], 3)} of torch.nn's "
+                f"({fmib(r['peak_bytes'])} vs {fmib(eager[0]['peak_bytes'])}), step "
+                f"{fnum(r['step_ms'])} ms vs {fnum(eager[0]['step_ms'])} ms."
+            )
     blocks = ok(results, "blocks")
     for act in ordered({r["activation"] for r in blocks}, results.meta["plan"]["activations"]):
         by = {r["provider"]: r["saved_x_feature"] for r in blocks if r["activation"] == act}

@@ -79,7 +79,7 @@ def test_quick_cpu_run_writes_every_output(tmp_path):
     assert "PReLU" in " ".join(data["notes"]) and "wrong" in " ".join(data["notes"])
 
     sections = data["sections"]
-    assert set(sections) == {"overhead", "micro", "memory", "scaling", "blocks", "model", "training"}
+    assert set(sections) == {"overhead", "micro", "memory", "scaling", "blocks", "bn_act", "model", "training"}
     assert sections["training"]["status"] == "skipped" and "GPU" in sections["training"]["reason"]
     numeric = set()
     for name, section in sections.items():
@@ -101,6 +101,17 @@ def test_quick_cpu_run_writes_every_output(tmp_path):
         assert r["moved_bytes"] == moved_bytes(r["pass"], r["numel"], 4, weight_bytes)
         assert r["time_ms"] > 0 and r["bandwidth_GBps"] > 0 and r["speedup_x"] > 0
         assert r["roofline_pct"] is None
+
+    bn_act = sections["bn_act"]["rows"]  # fused BN+act against BatchNorm2d then the activation
+    assert {(r["activation"], r["provider"]) for r in bn_act} == {
+        (a, p) for a in ("silu", "prelu") for p in ("rtdetr_fused", "eager")
+    }
+    for r in bn_act:  # float32 maps: forward 3 maps, backward 5
+        assert (
+            r["status"] == "ok"
+            and r["moved_bytes"] == {"forward": 3, "backward": 5, "forward+backward": 8}[r["pass"]] * 4 * r["numel"]
+        )
+        assert r["speedup_x"] > 0 and (r["provider"] != "rtdetr_fused" or r["speedup_x"] == 1)
 
     with (tmp_path / "results.csv").open() as f:
         rows = list(csv.DictReader(f))
