@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table as RichTable
 
-from .core import ROW_FIELDS, Results
+from .core import ROW_FIELDS, Results, describe
 from .models import FUSE_BN
 from .providers import OURS, PROVIDERS
 
@@ -126,11 +126,13 @@ def blocks_table(results: Results, label: str) -> Table | None:
     table = []
     for act in ordered({r["activation"] for r in rows}, results.meta["plan"]["activations"]):
         by = {r["provider"]: r for r in rows if r["activation"] == act}
+        done = {p: by[p] for p in providers if p in by and by[p]["status"] == "ok"}
         line = [act]
         line += [
-            f"{by[p]['saved_x_feature']:.2f} maps" if by[p]["status"] == "ok" else by[p]["status"] for p in providers
+            f"{done[p]['saved_x_feature']:.2f} maps" if p in done else by.get(p, {}).get("status", "-")
+            for p in providers
         ]
-        line += [f"{by[p]['time_ms']:.3f} ms" if by[p]["status"] == "ok" else "-" for p in providers]
+        line += [f"{done[p]['time_ms']:.3f} ms" if p in done else "-" for p in providers]
         table.append(line)
     first = rows[0]
     title = (
@@ -174,9 +176,10 @@ def model_table(results: Results, label: str) -> Table | None:
     table = [["(stock)", "-", fmib(stock[0]["saved_bytes"]) if stock else "-", "-", "-", "-", "-", "1.00x"]]
     for act in ordered({r["activation"] for r in rows if r["activation"]}, results.meta["plan"]["activations"]):
         by = {r["provider"]: r for r in rows if r["activation"] == act}
-        eager = by["eager"]
-        if eager["status"] != "ok" or by[OURS]["status"] != "ok":
-            table.append([act, "-", "-", "-", "-", by[OURS]["error"] or eager["error"], "-", "-"])
+        eager, mine = by.get("eager"), by.get(OURS)
+        if not (eager and mine and eager["status"] == mine["status"] == "ok" and FUSE_BN in by):
+            why = next((r["error"] for r in (mine, eager) if r and r["error"]), "not measured")
+            table.append([act, "-", "-", "-", "-", why, "-", "-"])
             continue
         done = [by[p] if by[p]["status"] == "ok" else None for p in ours]
         table.append(
@@ -280,8 +283,13 @@ def tables(results: Results) -> list[Table]:
         scaling_table,
         training_table,
     )
-    made = [make(results, label) for make in makers] + [failures_table(results)]
-    return [t for t in made if t]
+    made = []
+    for make in makers:
+        try:
+            made.append(make(results, label))
+        except Exception as e:  # a section cut short must not cost the rest of the report
+            made.append(Table(f"{label}: {make.__name__} not drawn ({describe(e)})", ["-"], []))
+    return [t for t in [*made, failures_table(results)] if t]
 
 
 def findings(results: Results) -> list[str]:
