@@ -156,16 +156,29 @@ def run_micro(ctx: Context) -> None:
 BN_ACT_TENSORS = {"forward": 3, "backward": 5, "forward+backward": 8}
 
 
-def _bn_act_module(provider: str, activation: str, channels: int) -> nn.Module:
+class _Autocast(nn.Module):
+    """``inner`` under autocast to ``dtype``, as in a training step (torch.nn's PReLU refuses
+    a bfloat16 input with its float32 weight outside autocast); ours ignores autocast."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner, self.dtype = inner, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.inner(x)
+
+
+def _bn_act_module(provider: str, activation: str, channels: int, dtype: torch.dtype) -> nn.Module:
     """Training-mode BatchNorm2d + activation: ours fused, torch.nn's pair, or that pair compiled."""
     act = ACTIVATION_TABLE[activation]
     if provider == OURS:
-        return BLOCK_PROVIDERS["bn_act"](act, channels)
+        return _Autocast(BLOCK_PROVIDERS["bn_act"](act, channels), dtype)
     pair = BLOCK_PROVIDERS["eager"](act, channels)
     if provider == "compile":
         torch._dynamo.reset()  # as for the activations: a clean cache per case, static shapes
-        return torch.compile(pair, dynamic=False)
-    return pair
+        pair = torch.compile(pair, dynamic=False)
+    return _Autocast(pair, dtype)
 
 
 def run_bn_act(ctx: Context) -> None:
@@ -186,7 +199,7 @@ def run_bn_act(ctx: Context) -> None:
                     ctx.add("bn_act", **base, **{"pass": p}, status="skipped", error=ctx.budget_reason)
             else:
                 try:
-                    module = _bn_act_module(provider, activation, case.channels).to(ctx.device).train()
+                    module = _bn_act_module(provider, activation, case.channels, dtype).to(ctx.device).train()
                     pool = _pool(case, dtype, ctx.device, plan.seed)
                     moved = {p: BN_ACT_TENSORS[p] * numel * dtype.itemsize for p in plan.passes}
                     _time_passes(ctx, "bn_act", base, module, pool, list(module.parameters()), moved)

@@ -188,9 +188,8 @@ DEFAULTS: dict[tuple[str, bool], dict] = {
         _GPU,
         shapes=("16x256x80x80", "16x256x20x20", "flat:256"),
         compile_dtypes=("bfloat16",),
-        # BN+act is compiled once per case (forward and backward): the two RT-DETR-l maps
-        # where the split reduction matters most, in NCHW, as Ultralytics runs them.
-        bn_act_shapes=("16x256x80x80", "16x256x20x20"),
+        # BN+act is compiled once per case (forward and backward): RT-DETR-l's maps in NCHW,
+        # as Ultralytics runs them.
         bn_act_layouts=("nchw",),
         warmup_ms=5.0,
         rep_ms=25.0,

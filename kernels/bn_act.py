@@ -157,15 +157,17 @@ def _finalize_kernel(
     DIV,
     TOTAL,
     N,
-    eps,
-    factor,
+    eps: tl.float64,
+    factor: tl.float64,
     UPDATE: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
     """Merge the S partials of each channel in a fixed order: mean, 1 / sqrt(var + eps), and
     the running statistics (unbiased variance) when UPDATE. Partial s of a channel covers
-    min(PER, TOTAL - (s // DIV) * PER) elements."""
+    min(PER, TOTAL - (s // DIV) * PER) elements. ``eps`` and ``factor`` are float64 arguments
+    (a float argument is float32 by default, which float64 BatchNorm notices; seen on the
+    H200): the few per-channel values here are computed in float64, then stored."""
     acc = part_ptr.dtype.element_ty
     cols = tl.program_id(0) * BLOCK_C + tl.arange(0, BLOCK_C)
     col_ok = cols < C

@@ -42,6 +42,7 @@ def _backward_kernel(
     K,
     C,
     ROWS_PER_PROGRAM,
+    K_BLOCKS,
     CHANNEL_IS_COLUMN: tl.constexpr,
     BLOCK_R: tl.constexpr,
     BLOCK_K: tl.constexpr,
@@ -52,8 +53,8 @@ def _backward_kernel(
     ROWS_PER_PROGRAM rows and writes one partial per column. Otherwise K = B, the channel of
     row r is r % C, and each program writes one partial per row of its tile.
     """
-    pid_r = tl.program_id(0)
-    pid_k = tl.program_id(1)
+    pid_r = tl.program_id(0) // K_BLOCKS  # 1-D grid: a second axis stops at 65535 blocks,
+    pid_k = tl.program_id(0) % K_BLOCKS  # which one weight over 2^28 elements passes
     cols = pid_k.to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
     col_ok = cols < K
     row0 = pid_r.to(tl.int64) * ROWS_PER_PROGRAM
@@ -106,13 +107,13 @@ def backward(
         per_program = triton.cdiv(triton.cdiv(geo.rows, splits), geo.block_r) * geo.block_r
         splits = triton.cdiv(geo.rows, per_program)
         partials_shape = (splits, geo.cols)
-        grid = (splits, k_blocks)
+        row_programs = splits
     else:
         per_program = geo.block_r
         partials_shape = (k_blocks, geo.rows // geo.channels, geo.channels)
-        grid = (triton.cdiv(geo.rows, geo.block_r), k_blocks)
+        row_programs = triton.cdiv(geo.rows, geo.block_r)
     partials = torch.empty(partials_shape, dtype=accumulate_dtype(x), device=x.device)
-    _backward_kernel[grid](
+    _backward_kernel[(row_programs * k_blocks,)](
         x,
         weight,
         grad,
@@ -122,6 +123,7 @@ def backward(
         geo.cols,
         geo.channels,
         per_program,
+        k_blocks,
         CHANNEL_IS_COLUMN=geo.column,
         BLOCK_R=geo.block_r,
         BLOCK_K=geo.block_k,

@@ -132,6 +132,7 @@ def _prelu_entries() -> list[Entry]:
                         "K": "i64",
                         "C": "i64",
                         "ROWS_PER_PROGRAM": "i64",
+                        "K_BLOCKS": "i32",
                         "CHANNEL_IS_COLUMN": "constexpr",
                         "BLOCK_R": "constexpr",
                         "BLOCK_K": "constexpr",
@@ -218,7 +219,7 @@ def _bn_act_entries() -> list[Entry]:
                 )
     for acc in ("*fp32", "*fp64"):
         sig = {"part_ptr": acc, "mean_ptr": acc, "invstd_ptr": acc, "rm_ptr": "*fp32", "rv_ptr": "*fp32"}
-        sig |= dict.fromkeys(("C", "S", "PLANE", "PER", "DIV", "TOTAL", "N"), "i32") | {"eps": "fp32", "factor": "fp32"}
+        sig |= dict.fromkeys(("C", "S", "PLANE", "PER", "DIV", "TOTAL", "N"), "i32") | {"eps": "fp64", "factor": "fp64"}
         sig |= dict.fromkeys(("UPDATE", "BLOCK_S", "BLOCK_C"), "constexpr")
         const = {"UPDATE": True, "BLOCK_S": bn_act.FINALIZE_TILE // 32, "BLOCK_C": 32}
         # Per-channel vectors only: no full tensor, so no 128-bit load is asked of it.

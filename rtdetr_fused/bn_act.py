@@ -92,14 +92,14 @@ def batch_norm_act(
 
     acc = accumulate_dtype(input)
     if training:
-        mean, invstd = _ops.bn_stats(input.detach(), running_mean, running_var, float(momentum), float(eps))
+        mean, invstd = _ops.BN_STATS(input.detach(), running_mean, running_var, float(momentum), float(eps))
     else:
         mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
     weight = weight.reshape(c).contiguous() if weight is not None else input.new_ones(c, dtype=acc)
     bias = bias.reshape(c).contiguous() if bias is not None else input.new_zeros(c, dtype=acc)
     if act_weight is not None:
         act_weight = act_weight.reshape(-1).expand(c).contiguous()  # autograd sums a shared weight's grad
-    return _ops.bn_act(input, mean, invstd, weight, bias, act_weight, training, act, float(alpha))
+    return _ops.BN_ACT(input, mean, invstd, weight, bias, act_weight, training, act, float(alpha))
 
 
 def batch_norm_act_module(bn: nn.BatchNorm2d, act: nn.Module, input: torch.Tensor) -> torch.Tensor:

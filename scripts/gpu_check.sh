@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# make gpu-check: the GPU tests, then the quick benchmark, into $RESULTS_DIR, on a machine with
+# make gpu-check: the GPU tests, a profile of ours, then the quick benchmark, into $RESULTS_DIR, on a machine with
 # torch, triton and a CUDA GPU and no network. Both parts run even if one fails. Each has a
 # hard wall-clock cap (SIGINT first, so pytest prints its summary and the benchmark writes what
 # it measured); the benchmark also stops starting cases at its own budget. The plots go into
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
 RESULTS_DIR=${RESULTS_DIR:-results}
 GPU_TEST_S=${GPU_TEST_S:-120}
-GPU_BENCH_S=${GPU_BENCH_S:-230}
+GPU_BENCH_S=${GPU_BENCH_S:-250}
 mkdir -p "$RESULTS_DIR"
 "$PYTHON" -m pip install -q --no-deps --no-build-isolation -e . || exit 1
 
@@ -22,6 +22,7 @@ args=()
 status=0
 timeout -s INT -k 20 "$GPU_TEST_S" "$PYTHON" -m pytest -q -rfE -p no:cacheprovider -m gpu "${args[@]}" \
     --junitxml="$RESULTS_DIR/gpu-tests.xml" tests 2>&1 | tee "$RESULTS_DIR/gpu-tests.log" || status=1
+timeout -s INT -k 10 90 "$PYTHON" -m benchmarks.profile --out "$RESULTS_DIR/profile.txt" 2>&1 | tail -3 || status=1
 timeout -s INT -k 20 $((GPU_BENCH_S + 100)) "$PYTHON" -m benchmarks --quick --time-budget "$GPU_BENCH_S" \
     --out "$RESULTS_DIR" 2>&1 | tee "$RESULTS_DIR/bench.log" || status=1
 cd "$RESULTS_DIR" && if ls ./*.png >/dev/null 2>&1; then tar czf plots.tgz ./*.png && rm -f ./*.png; fi

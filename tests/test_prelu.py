@@ -107,3 +107,20 @@ def test_rejects_bad_weight():
         RF.prelu(x, torch.ones(3, dtype=torch.int64))
     with pytest.raises(TypeError, match="input"):
         RF.prelu(x.to(torch.int32), torch.rand(3))
+
+
+def test_one_weight_over_2_pow_28_elements(device):
+    """One weight over more than 65535 * 4096 elements: the backward grid once put 131072
+    blocks on an axis that stops at 65535 (CUDA 'invalid argument', seen on the H200)."""
+    if device == "cpu":
+        pytest.skip("2^28 elements: hours in the interpreter; the GPU run covers it")
+    x = torch.randn(2**28 + 4099, device=device, dtype=torch.bfloat16, requires_grad=True)
+    g, w = torch.randn_like(x), torch.full((1,), 0.25, device=device, dtype=torch.bfloat16, requires_grad=True)
+    y = RF.prelu(x, w)
+    gx, gw = torch.autograd.grad(y, (x, w), g)
+    x64, g64 = x.detach().double(), g.double()
+    assert torch.equal(y, torch.where(x64 > 0, x64, 0.25 * x64).to(y.dtype))  # 0.25 * x is exact
+    assert torch.equal(gx, torch.where(x64 > 0, g64, 0.25 * g64).to(gx.dtype))
+    terms = torch.where(x64 > 0, 0.0, x64 * g64)
+    want = terms.sum().item()
+    assert abs(gw.item() - want) <= 2**-8 * abs(want) + 1e-6 * terms.abs().sum().item()

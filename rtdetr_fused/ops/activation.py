@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import check_float, dense, exporting, interpreting, is_dense, like
+from .common import Routed, check_float, dense, exporting, interpreting, is_dense, like
 
 aten = torch.ops.aten
 
@@ -122,12 +122,16 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(output if SPECS[name].saves_output(alpha) else x)
 
 
-def _backward(ctx, grad: torch.Tensor):
-    (saved,) = ctx.saved_tensors
-    return act_backward(saved, grad, ctx.name, ctx.alpha), None, None
+def _backward_with(backward: Callable) -> Callable:
+    def _backward(ctx, grad: torch.Tensor):
+        (saved,) = ctx.saved_tensors
+        return backward(saved, grad, ctx.name, ctx.alpha), None, None
+
+    return _backward
 
 
-act.register_autograd(_backward, setup_context=_setup_context)
+ACT_BACKWARD = Routed(act_backward, _act_backward_triton, _act_backward_cpu)
+ACT = Routed(act, _act_triton, _act_cpu, _setup_context, _backward_with, ACT_BACKWARD)
 
 
 # --- act_: in place -------------------------------------------------------------------------
@@ -151,6 +155,9 @@ def _act_inplace_cpu(x: torch.Tensor, name: str, alpha: float) -> None:
         x.copy_(SPECS[name].reference(x, alpha))
 
 
+ACT_ = Routed(act_, _act_inplace_triton, _act_inplace_cpu)
+
+
 class InplaceAct(torch.autograd.Function):
     """In place with autograd, as torch does it: the output is saved where the derivative
     can be read off it (ReLU, ReLU6, LeakyReLU with slope >= 0), else a clone of the input
@@ -160,7 +167,7 @@ class InplaceAct(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
         keep_output = SPECS[name].saves_output(alpha)
         saved = None if keep_output else x.clone()
-        torch.ops.rtdetr_fused.act_(x, name, alpha)
+        ACT_(x, name, alpha)
         ctx.mark_dirty(x)
         ctx.save_for_backward(x if keep_output else saved)
         ctx.name, ctx.alpha = name, alpha
@@ -168,7 +175,7 @@ class InplaceAct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return _backward(ctx, grad)
+        return _backward_with(ACT_BACKWARD)(ctx, grad)
 
 
 def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False) -> torch.Tensor:
@@ -177,8 +184,8 @@ def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False)
     if exporting():
         return SPECS[name].reference(x, alpha)  # exporters see the standard op
     if not inplace:
-        return act(x, name, alpha)
+        return ACT(x, name, alpha)
     if torch.is_grad_enabled() and x.requires_grad:
         return InplaceAct.apply(x, name, alpha)
-    torch.ops.rtdetr_fused.act_(x, name, alpha)
+    ACT_(x, name, alpha)
     return x

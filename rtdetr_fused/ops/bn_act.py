@@ -16,11 +16,13 @@ Per-channel tensors are float32 (float64 for float64 input) except ``weight``, `
 under ``TRITON_INTERPRET=1`` and PyTorch references otherwise.
 """
 
+from collections.abc import Callable
+
 import torch
 
 from ..kernels import accumulate_dtype
 from .activation import SPECS
-from .common import dense, device_programs, interpreting, like
+from .common import Routed, dense, device_programs, interpreting, like
 
 NAMES = (*SPECS, "prelu")
 """Activation names ``bn_act`` accepts: the elementwise ones and ``prelu``."""
@@ -187,12 +189,17 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, mean, invstd, weight, bias, act_weight)
 
 
-def _backward(ctx, grad: torch.Tensor):
-    x, mean, invstd, weight, bias, act_weight = ctx.saved_tensors
-    grad_x, grad_w, grad_b, grad_a = bn_act_backward(
-        x, grad, mean, invstd, weight, bias, act_weight, ctx.training, ctx.name, ctx.alpha
-    )
-    return grad_x, None, None, grad_w, grad_b, grad_a if act_weight is not None else None, None, None, None
+def _backward_with(backward: Callable) -> Callable:
+    def _backward(ctx, grad: torch.Tensor):
+        x, mean, invstd, weight, bias, act_weight = ctx.saved_tensors
+        grad_x, grad_w, grad_b, grad_a = backward(
+            x, grad, mean, invstd, weight, bias, act_weight, ctx.training, ctx.name, ctx.alpha
+        )
+        return grad_x, None, None, grad_w, grad_b, grad_a if act_weight is not None else None, None, None, None
+
+    return _backward
 
 
-bn_act.register_autograd(_backward, setup_context=_setup_context)
+BN_STATS = Routed(bn_stats, _bn_stats_triton, _bn_stats_cpu)
+BN_ACT_BACKWARD = Routed(bn_act_backward, _bn_act_backward_triton, _bn_act_backward_cpu)
+BN_ACT = Routed(bn_act, _bn_act_triton, _bn_act_cpu, _setup_context, _backward_with, BN_ACT_BACKWARD)

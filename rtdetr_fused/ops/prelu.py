@@ -5,10 +5,12 @@ sums, then a fixed-order sum of the partials): no full-size temporary, no atomic
 Saved for backward: the input and the weight.
 """
 
+from collections.abc import Callable
+
 import torch
 
 from ..kernels import accumulate_dtype
-from .common import check_float, check_same_device, dense, device_programs, exporting, interpreting, like
+from .common import Routed, check_float, check_same_device, dense, device_programs, exporting, interpreting, like
 
 
 def _kernels():
@@ -91,12 +93,16 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
-def _backward(ctx, grad: torch.Tensor):
-    x, weight = ctx.saved_tensors
-    return prelu_backward(x, weight, grad)
+def _backward_with(backward: Callable) -> Callable:
+    def _backward(ctx, grad: torch.Tensor):
+        x, weight = ctx.saved_tensors
+        return backward(x, weight, grad)
+
+    return _backward
 
 
-prelu.register_autograd(_backward, setup_context=_setup_context)
+PRELU_BACKWARD = Routed(prelu_backward, _prelu_backward_triton, _prelu_backward_cpu)
+PRELU = Routed(prelu, _prelu_triton, _prelu_cpu, _setup_context, _backward_with, PRELU_BACKWARD)
 
 
 def check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -120,4 +126,4 @@ def apply(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     check_weight(x, weight)
     if exporting():
         return torch.prelu(x, weight)
-    return prelu(x, weight)
+    return PRELU(x, weight)

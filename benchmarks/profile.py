@@ -1,0 +1,128 @@
+"""Where the time of ours goes, for an activation and for BatchNorm2d + activation (SiLU):
+
+- host: microseconds per forward+backward of a tiny map, back to back, ours against torch.nn
+  (when the host is slower than the kernels, as on small maps, this is the step's cost);
+- the Python functions behind ours (cProfile, by own time);
+- device: the kernels of one forward+backward on RT-DETR-l's maps (torch.profiler), ours
+  against torch.nn, in bfloat16 under autocast as in training.
+
+``python -m benchmarks.profile [--out FILE]``; ``make gpu-check`` writes profile.txt. Without
+a GPU it profiles the CPU path (PyTorch's ops behind ours) and says so.
+"""
+
+import argparse
+import cProfile
+import io
+import pstats
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from rtdetr_fused import SiLU
+from rtdetr_fused.bn_act import BatchNormAct2d
+
+from .measure import back_to_back_ms, sync
+from .micro import _Autocast
+
+CASES: dict[str, dict[str, Callable[[int], nn.Module]]] = {
+    "silu": {"ours": lambda c: SiLU(), "torch.nn": lambda c: nn.SiLU()},
+    "bn+silu": {
+        "ours": lambda c: BatchNormAct2d(c, act="silu"),
+        "torch.nn": lambda c: nn.Sequential(nn.BatchNorm2d(c), nn.SiLU()),
+    },
+}
+GPU_MAPS = ((16, 128, 160, 160), (16, 256, 80, 80), (16, 256, 20, 20))
+CPU_MAPS = ((2, 16, 20, 20),)
+
+
+def _step(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Callable[[], None]:
+    x = torch.randn(shape, device=device, dtype=dtype, requires_grad=True)
+    g = torch.randn_like(x)
+    grads = [x, *module.parameters()]
+    return lambda: torch.autograd.grad(module(x), grads, g)
+
+
+def host(device: torch.device, out: list[str]) -> None:
+    out.append("## Host: microseconds per forward+backward of a 1x16x8x8 map, back to back\n")
+    for case, providers in CASES.items():
+        times = {}
+        for provider, build in providers.items():
+            step = _step(build(16).to(device).train(), (1, 16, 8, 8), torch.float32, device)
+            times[provider] = back_to_back_ms(step, device, 50.0, 200.0) * 1e3
+        line = ", ".join(f"{p} {t:.1f} us" for p, t in times.items())
+        out.append(f"- {case}: {line}; ours costs {times['ours'] - times['torch.nn']:+.1f} us")
+    out.append("")
+
+
+def python_functions(device: torch.device, out: list[str], calls: int = 300) -> None:
+    for case, providers in CASES.items():
+        step = _step(providers["ours"](16).to(device).train(), (1, 16, 8, 8), torch.float32, device)
+        step()
+        profiler = cProfile.Profile()
+        profiler.enable()
+        for _ in range(calls):
+            step()
+        profiler.disable()
+        text = io.StringIO()
+        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
+        out += [f"## Python functions of ours, {case}, {calls} forward+backward calls (cProfile)\n", "```"]
+        out += [line for line in text.getvalue().splitlines() if line.strip()][3:] + ["```", ""]
+
+
+def kernels(device: torch.device, out: list[str], maps: tuple[tuple[int, ...], ...]) -> None:
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    for case, providers in CASES.items():
+        for shape in maps:
+            for provider, build in providers.items():
+                module = _Autocast(build(shape[1]), dtype).to(device).train()
+                step = _step(module, shape, dtype, device)
+                step()
+                sync(device)
+                with torch.profiler.profile(activities=activities) as prof:
+                    for _ in range(5):
+                        step()
+                    sync(device)
+                table = _table(prof)
+                title = f"## {case}, {provider}, {'x'.join(map(str, shape))} {dtype}: 5 forward+backward calls"
+                out += [title, "", "```", table, "```", ""]
+
+
+def _table(prof: torch.profiler.profile) -> str:
+    averages = prof.key_averages()
+    for key in ("self_device_time_total", "self_cuda_time_total", "self_cpu_time_total"):
+        try:
+            return averages.table(sort_by=key, row_limit=14, max_name_column_width=60)
+        except (AttributeError, KeyError, ValueError):
+            continue
+    return averages.table(row_limit=14)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, help="write the report here (default: print it)")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = [f"# Profile of ours on {torch.cuda.get_device_name() if device.type == 'cuda' else 'the CPU'}", ""]
+    if device.type == "cpu":
+        out += ["No GPU: the CPU path (PyTorch's ops behind ours) is profiled; kernel times need a GPU.", ""]
+    maps = GPU_MAPS if device.type == "cuda" else CPU_MAPS
+    for part in (host, python_functions, lambda d, o: kernels(d, o, maps)):
+        try:
+            part(device, out)
+        except Exception as e:  # one part failing must not cost the others
+            out += [f"(a part failed: {type(e).__name__}: {e})", ""]
+    text = "\n".join(out) + "\n"
+    if args.out:
+        args.out.write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
