@@ -23,6 +23,7 @@ from .plan import (
     MODELS,
     PASS_ALIASES,
     SECTIONS,
+    TIMERS,
     Plan,
     PlanError,
     make_plan,
@@ -113,6 +114,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="start nothing new after this; the rest is reported skipped",
     )
     timing.add_argument("--seed", type=int, help="seed for inputs (default 0)")
+    timing.add_argument(
+        "--timer",
+        choices=TIMERS,
+        help="GPU timer of the micro, blocks and bn_act sections: events (default; do_bench, host time "
+        "shows where the host is slower than the kernels) or cudagraph (calls replayed from a CUDA graph: "
+        "device time alone)",
+    )
     train = p.add_argument_group("training step")
     train.add_argument("--models", type=_listing(), help=f"{', '.join(MODELS)} (default: both)")
     train.add_argument(
@@ -135,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 PLAN_OPTIONS = (
     "sections activations dtypes passes shapes layouts providers compile_dtypes warmup_ms rep_ms seed models "
-    "precisions train_activations train_batch imgsz train_warmup train_steps train_compile"
+    "precisions train_activations train_batch imgsz train_warmup train_steps train_compile timer"
 ).split()
 
 
@@ -193,6 +201,11 @@ def measure(plan: Plan, device: torch.device, argv: list[str]) -> Results:
         results.notes.append(article_prelu_note())
         if device.type == "cpu" and results.meta["triton_interpret"]:
             results.notes.append("TRITON_INTERPRET=1: ours ran in Triton's interpreter; its CPU times are not speed.")
+        if plan.timer == "cudagraph":
+            results.notes.append(
+                "--timer cudagraph: micro, blocks and bn_act times are CUDA-graph replays, the device's time "
+                "alone; the host's cost per call is in the overhead and scaling sections."
+            )
         start = perf_counter()
         with make_progress() as progress:
             run(Context(plan, device, results, progress))

@@ -171,6 +171,11 @@ class Context:
         self.interrupted = False
 
     @property
+    def timing(self) -> tuple[float, float, bool]:
+        """bench_ms's (warmup_ms, rep_ms, graph) for this run."""
+        return self.plan.warmup_ms, self.plan.rep_ms, self.plan.timer == "cudagraph"
+
+    @property
     def cuda(self) -> bool:
         return self.device.type == "cuda"
 

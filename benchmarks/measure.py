@@ -21,15 +21,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def bench_ms(fn: Callable[[], object], device: torch.device, warmup_ms: float, rep_ms: float) -> float:
+def bench_ms(
+    fn: Callable[[], object], device: torch.device, warmup_ms: float, rep_ms: float, graph: bool = False
+) -> float:
     """Median milliseconds per call, warm-up excluded.
 
-    CUDA: ``triton.testing.do_bench`` (CUDA events around each call, L2 flushed before each).
+    CUDA: ``triton.testing.do_bench`` (CUDA events around each call, L2 flushed before each),
+    which counts the host's time too when it is slower than the kernels; with ``graph``,
+    ``do_bench_cudagraph`` (calls captured in a CUDA graph and replayed: device time alone).
     CPU: ``perf_counter`` around each call, at least 10 calls.
     """
     if device.type == "cuda":
-        from triton.testing import do_bench
+        from triton.testing import do_bench, do_bench_cudagraph
 
+        if graph:
+            return float(do_bench_cudagraph(fn, rep=rep_ms, return_mode="median"))
         return float(do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median"))
     fn()
     end = perf_counter() + warmup_ms / 1e3

@@ -73,7 +73,7 @@ def _block_case(ctx: Context, provider: str, activation: str) -> dict:
         saved_tensors=saved.count,
         saved_x_feature=saved.nbytes / feature_bytes,
         peak_bytes=peak.value,
-        time_ms=bench_ms(step, ctx.device, ctx.plan.warmup_ms, ctx.plan.rep_ms),
+        time_ms=bench_ms(step, ctx.device, *ctx.timing),
     )
 
 

@@ -119,7 +119,7 @@ def _time_passes(
     """One row per pass of ``moved`` (pass -> bytes it must move): time, bandwidth, roofline."""
     for pass_name, nbytes in moved.items():
         try:
-            ms = bench_ms(_calls(pass_name, module, pool, params), ctx.device, ctx.plan.warmup_ms, ctx.plan.rep_ms)
+            ms = bench_ms(_calls(pass_name, module, pool, params), ctx.device, *ctx.timing)
             ctx.add(section, **base, **{"pass": pass_name}, moved_bytes=nbytes, **_bandwidth(ctx, nbytes, ms))
         except Exception as e:
             ctx.add(section, **base, **{"pass": pass_name}, status="error", error=describe(e))

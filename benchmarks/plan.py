@@ -18,6 +18,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
 PASS_ALIASES = {"fwd": "forward", "bwd": "backward", "fwd+bwd": "forward+backward", "fwdbwd": "forward+backward"}
 LAYOUTS = ("nchw", "channels_last")
+TIMERS = ("events", "cudagraph")
 SECTIONS = ("overhead", "micro", "scaling", "blocks", "bn_act", "model", "training")
 MODELS = ("rtdetr-l", "yolo11n")
 # Feature maps of an RT-DETR-l training step at batch 16, 640x640.
@@ -110,6 +111,7 @@ class Plan:
     train_compile: bool
     time_budget_s: float | None = None
     seed: int = 0
+    timer: str = "events"
     copy_bytes: int = 1024 * MiB  # the roofline copy (GPU only)
 
     @property
@@ -244,6 +246,9 @@ def make_plan(device: str, quick: bool, **overrides) -> Plan:
         raise PlanError(f"--imgsz must be a multiple of 32 (the models' largest stride), got {plan.imgsz}")
     if plan.warmup_ms < 0 or plan.rep_ms <= 0:
         raise PlanError("--warmup-ms must be >= 0 and --rep-ms > 0")
+    _check_choices("--timer", (plan.timer,), TIMERS)
+    if plan.timer == "cudagraph" and device != "cuda":
+        raise PlanError("--timer cudagraph replays CUDA graphs: it needs a GPU")
     if plan.time_budget_s is not None and plan.time_budget_s <= 0:
         raise PlanError(f"--time-budget must be positive, got {plan.time_budget_s}")
     parse_shapes(plan.shapes, plan.layouts)

@@ -203,6 +203,7 @@ def test_to_torch_nn_twin_has_torch_classes():
         (["--time-budget", "-5"], "must be positive"),
         (["--activations", ""], "at least one value"),
         (["--rep-ms", "abc"], "invalid float value"),
+        (["--timer", "cudagraph"], "needs a GPU"),
     ],
 )
 def test_bad_options_give_a_clear_error(args, message, capsys, tmp_path):
