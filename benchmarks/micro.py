@@ -113,11 +113,17 @@ def _micro_case(ctx: Context, provider: str, activation: str, dtype_name: str, c
     release(ctx.device)
 
 
+GRAPH_BACKWARD = "backward alone replays graphs built before capture, which a CUDA graph cannot hold"
+
+
 def _time_passes(
     ctx: Context, section: str, base: dict, module: nn.Module, pool: Pool, params: list, moved: dict[str, int]
 ) -> None:
     """One row per pass of ``moved`` (pass -> bytes it must move): time, bandwidth, roofline."""
     for pass_name, nbytes in moved.items():
+        if pass_name == "backward" and ctx.timing[2]:
+            ctx.add(section, **base, **{"pass": pass_name}, status="skipped", error=GRAPH_BACKWARD)
+            continue
         try:
             ms = bench_ms(_calls(pass_name, module, pool, params), ctx.device, *ctx.timing)
             ctx.add(section, **base, **{"pass": pass_name}, moved_bytes=nbytes, **_bandwidth(ctx, nbytes, ms))

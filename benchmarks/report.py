@@ -132,7 +132,7 @@ def blocks_table(results: Results, label: str) -> Table | None:
             f"{done[p]['saved_x_feature']:.2f} maps" if p in done else by.get(p, {}).get("status", "-")
             for p in providers
         ]
-        line += [f"{done[p]['time_ms']:.3f} ms" if p in done else "-" for p in providers]
+        line += [f"{done[p]['time_ms']:.3f} ms" if p in done and done[p]["time_ms"] else "-" for p in providers]
         table.append(line)
     first = rows[0]
     title = (
