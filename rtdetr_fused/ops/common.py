@@ -1,5 +1,6 @@
 """Input checks, layout handling and the choice between Triton and PyTorch, shared by all ops."""
 
+import functools
 import os
 from collections.abc import Callable
 
@@ -52,9 +53,12 @@ def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 def device_programs(t: torch.Tensor) -> int:
     """Programs that fill the device: 4 per SM on a GPU, a handful in the interpreter."""
-    if t.is_cuda:
-        return 4 * torch.cuda.get_device_properties(t.device).multi_processor_count
-    return 4
+    return 4 * _multiprocessors(t.device.index) if t.is_cuda else 4
+
+
+@functools.cache
+def _multiprocessors(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 def exporting() -> bool:
