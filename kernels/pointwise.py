@@ -62,6 +62,76 @@ def _backward_kernel(s_ptr, g_ptr, dx_ptr, n, FN: tl.constexpr, ALPHA: tl.conste
         tl.store(dx_ptr + offs, FN(s, g, ALPHA).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+# The bitmask variant, for activations whose derivative takes two values, 1 or ALPHA (ReLU,
+# ReLU6, LeakyReLU): forward also writes one bit per element, set where the derivative is 1,
+# eight to a byte (bit i of byte k is element 8k + i of the storage), and backward reads the
+# bits instead of a full tensor: 1/16 of a bfloat16 map kept for backward.
+
+
+@triton.jit
+def _bits(s, valid, DERIV: tl.constexpr, ALPHA: tl.constexpr, BLOCK: tl.constexpr):
+    """Pack where DERIV(s, 1) == 1 (and valid) into BLOCK // 8 bytes, as int32."""
+    bit = (DERIV(s, tl.full(s.shape, 1.0, s.dtype), ALPHA) == 1.0) & valid
+    bits = tl.reshape(bit.to(tl.int32), [BLOCK // 8, 8])
+    return tl.sum(bits << tl.arange(0, 8)[None, :], axis=1)
+
+
+@triton.jit
+def _mask_forward_kernel(
+    x_ptr,
+    y_ptr,
+    m_ptr,
+    n,
+    FN: tl.constexpr,
+    DERIV: tl.constexpr,
+    FROM_OUTPUT: tl.constexpr,
+    ALPHA: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
+    """y = FN(x) and the bits of DERIV(s) == 1, s the output if FROM_OUTPUT else the input
+    (what DERIV expects: ``SPECS[name].saves_output``)."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    bytes_at = start // 8 + tl.arange(0, BLOCK // 8)
+    if start + BLOCK <= n:
+        x = upcast(tl.load(x_ptr + offs))
+        y = FN(x, ALPHA)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty))
+        bits = _bits(y if FROM_OUTPUT else x, offs >= 0, DERIV, ALPHA, BLOCK)
+        tl.store(m_ptr + bytes_at, bits.to(tl.uint8))
+    else:
+        mask = offs < n
+        x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
+        y = FN(x, ALPHA)
+        tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
+        bits = _bits(y if FROM_OUTPUT else x, mask, DERIV, ALPHA, BLOCK)
+        tl.store(m_ptr + bytes_at, bits.to(tl.uint8), mask=bytes_at < (n + 7) // 8)
+
+
+@triton.jit
+def _mask_backward_kernel(m_ptr, g_ptr, dx_ptr, n, ALPHA: tl.constexpr, BLOCK: tl.constexpr):
+    """dx = g where the bit is set, else ALPHA * g (0 for ALPHA == 0, as torch: not 0 * inf)."""
+    start = tl.program_id(0).to(tl.int64) * BLOCK
+    offs = start + tl.arange(0, BLOCK)
+    bytes_at = start // 8 + tl.arange(0, BLOCK // 8)
+    full = start + BLOCK <= n
+    if full:
+        packed = tl.load(m_ptr + bytes_at).to(tl.int32)
+        g = upcast(tl.load(g_ptr + offs))
+    else:
+        packed = tl.load(m_ptr + bytes_at, mask=bytes_at < (n + 7) // 8, other=0).to(tl.int32)
+        g = upcast(tl.load(g_ptr + offs, mask=offs < n, other=0.0))
+    bit = tl.reshape((packed[:, None] >> tl.arange(0, 8)[None, :]) & 1, [BLOCK]) != 0
+    if ALPHA == 0.0:
+        dx = tl.where(bit, g, 0.0)
+    else:
+        dx = tl.where(bit, g, g * ALPHA)
+    if full:
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty))
+    else:
+        tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=offs < n)
+
+
 def _grid(n: int, dtype: torch.dtype) -> tuple[int]:
     return (triton.cdiv(n, block_size(dtype)),)
 
@@ -79,4 +149,22 @@ def backward(saved: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, name: s
     n = saved.numel()
     _backward_kernel[_grid(n, saved.dtype)](
         saved, grad, out, n, FN=FORMULAS[name][1], ALPHA=alpha, BLOCK=block_size(saved.dtype), num_warps=NUM_WARPS
+    )
+
+
+def mask_forward(x: torch.Tensor, out: torch.Tensor, bits: torch.Tensor, name: str, alpha: float, from_output: bool):
+    """out = act(x) and ``bits`` (uint8, ``(n + 7) // 8``) where d act / dx is 1."""
+    n = x.numel()
+    fwd, bwd = FORMULAS[name]
+    _mask_forward_kernel[_grid(n, x.dtype)](
+        x, out, bits, n, FN=fwd, DERIV=bwd, FROM_OUTPUT=from_output, ALPHA=alpha, BLOCK=block_size(x.dtype),
+        num_warps=NUM_WARPS,
+    )  # fmt: skip
+
+
+def mask_backward(bits: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, alpha: float) -> None:
+    """out = grad where the bit is set, else alpha * grad; ``grad`` and ``out`` share strides."""
+    n = grad.numel()
+    _mask_backward_kernel[_grid(n, grad.dtype)](
+        bits, grad, out, n, ALPHA=alpha, BLOCK=block_size(grad.dtype), num_warps=NUM_WARPS
     )

@@ -96,6 +96,32 @@ def _pointwise_entries() -> list[Entry]:
                     pointwise.NUM_WARPS,
                 )
             )
+    for dt, ptr in DTYPES.items():
+        const = {"ALPHA": 0.2, "BLOCK": pointwise.BYTES_PER_PROGRAM // ITEMSIZE[dt]}
+        fwd, bwd = FORMULAS["leaky_relu"]
+        entries.append(
+            Entry(
+                "bitmask forward (leaky_relu)",
+                dt,
+                pointwise._mask_forward_kernel,
+                {"x_ptr": ptr, "y_ptr": ptr, "m_ptr": "*u8", "n": "i64"}
+                | dict.fromkeys(("FN", "DERIV", "FROM_OUTPUT", "ALPHA", "BLOCK"), "constexpr"),
+                {"FN": fwd, "DERIV": bwd, "FROM_OUTPUT": True, **const},
+                (0, 1, 2),
+                pointwise.NUM_WARPS,
+            )
+        )
+        entries.append(
+            Entry(
+                "bitmask backward",
+                dt,
+                pointwise._mask_backward_kernel,
+                {"m_ptr": "*u8", "g_ptr": ptr, "dx_ptr": ptr, "n": "i64", "ALPHA": "constexpr", "BLOCK": "constexpr"},
+                const,
+                (0, 1, 2),
+                pointwise.NUM_WARPS,
+            )
+        )
     return entries
 
 

@@ -26,19 +26,22 @@ def hardswish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
     return _act.apply(input, "hardswish", 0.0, inplace)
 
 
-def leaky_relu(input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False) -> torch.Tensor:
-    """x if x > 0 else negative_slope * x. Saves the output (the input if the slope is negative)."""
-    return _act.apply(input, "leaky_relu", float(negative_slope), inplace)
+def leaky_relu(
+    input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False, bitmask: bool = False
+) -> torch.Tensor:
+    """x if x > 0 else negative_slope * x. Saves the output (the input if the slope is
+    negative), or with ``bitmask`` one bit per element (out of place)."""
+    return _act.apply(input, "leaky_relu", float(negative_slope), inplace, bitmask)
 
 
-def relu6(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """min(max(x, 0), 6). Saves the output."""
-    return _act.apply(input, "relu6", 0.0, inplace)
+def relu6(input: torch.Tensor, inplace: bool = False, bitmask: bool = False) -> torch.Tensor:
+    """min(max(x, 0), 6). Saves the output, or with ``bitmask`` one bit per element."""
+    return _act.apply(input, "relu6", 0.0, inplace, bitmask)
 
 
-def relu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """max(x, 0). Saves the output."""
-    return _act.apply(input, "relu", 0.0, inplace)
+def relu(input: torch.Tensor, inplace: bool = False, bitmask: bool = False) -> torch.Tensor:
+    """max(x, 0). Saves the output, or with ``bitmask`` one bit per element."""
+    return _act.apply(input, "relu", 0.0, inplace, bitmask)
 
 
 def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:

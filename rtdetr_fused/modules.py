@@ -32,26 +32,50 @@ class Hardswish(nn.Hardswish):
         return F.hardswish(input, self.inplace)
 
 
-class LeakyReLU(nn.LeakyReLU):
+class _Bitmask:
+    """``bitmask=True``: backward from one bit per element (where the derivative is 1) instead
+    of the output: 1/16 of a bfloat16 map kept instead of a map. A saving only where nothing
+    after the activation keeps its output: a following conv, linear or BatchNorm saves it
+    anyway, and then saving the output costs nothing extra (the default)."""
+
+    bitmask: bool = False
+
+    def extra_repr(self) -> str:
+        return ", ".join(s for s in (super().extra_repr(), "bitmask=True" if self.bitmask else "") if s)
+
+
+class LeakyReLU(_Bitmask, nn.LeakyReLU):
     """LeakyReLU(x) = x if x > 0 else negative_slope * x. Backward saves the output (no
-    extra memory in place); with a negative slope, the input."""
+    extra memory in place); with a negative slope, the input; with ``bitmask``, one bit each."""
+
+    def __init__(self, negative_slope: float = 1e-2, inplace: bool = False, bitmask: bool = False):
+        super().__init__(negative_slope, inplace)
+        self.bitmask = bitmask
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.leaky_relu(input, self.negative_slope, self.inplace)
+        return F.leaky_relu(input, self.negative_slope, self.inplace, self.bitmask)
 
 
-class ReLU6(nn.ReLU6):
-    """ReLU6(x) = min(max(x, 0), 6). Backward saves the output."""
+class ReLU6(_Bitmask, nn.ReLU6):
+    """ReLU6(x) = min(max(x, 0), 6). Backward saves the output; with ``bitmask``, one bit each."""
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.relu6(input, self.inplace)
-
-
-class ReLU(nn.ReLU):
-    """ReLU(x) = max(x, 0). Backward saves the output."""
+    def __init__(self, inplace: bool = False, bitmask: bool = False):
+        super().__init__(inplace)
+        self.bitmask = bitmask
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return F.relu(input, self.inplace)
+        return F.relu6(input, self.inplace, self.bitmask)
+
+
+class ReLU(_Bitmask, nn.ReLU):
+    """ReLU(x) = max(x, 0). Backward saves the output; with ``bitmask``, one bit each."""
+
+    def __init__(self, inplace: bool = False, bitmask: bool = False):
+        super().__init__(inplace)
+        self.bitmask = bitmask
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return F.relu(input, self.inplace, self.bitmask)
 
 
 class GELU(nn.GELU):

@@ -14,6 +14,11 @@ CASES = {
     "relu": (lambda f, x: f.relu(x), F.relu),
     "gelu": (lambda f, x: f.gelu(x), F.gelu),
     "gelu_tanh": (lambda f, x: f.gelu(x, "tanh"), lambda x: F.gelu(x, approximate="tanh")),
+    # Backward from one bit per element instead of the saved tensor.
+    "relu_bitmask": (lambda f, x: f.relu(x, bitmask=True), F.relu),
+    "relu6_bitmask": (lambda f, x: f.relu6(x, bitmask=True), F.relu6),
+    "leaky_relu_bitmask": (lambda f, x: f.leaky_relu(x, 0.2, bitmask=True), lambda x: F.leaky_relu(x, 0.2)),
+    "leaky_relu_neg_bitmask": (lambda f, x: f.leaky_relu(x, -0.3, bitmask=True), lambda x: F.leaky_relu(x, -0.3)),
 }
 
 # Largest distance, in representable values of the output dtype, from the float64 result

@@ -72,7 +72,7 @@ def test_grad_output_with_other_strides(name, dtype, device):
     check(name, x, torch.ones((), dtype=dtype, device=device).expand(x.shape))  # stride 0
 
 
-INPLACE = [n for n in CASES if not n.startswith("gelu")]
+INPLACE = [n for n in CASES if not n.startswith("gelu") and not n.endswith("bitmask")]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16], ids=str)
@@ -124,6 +124,49 @@ def test_saved_for_backward(name):
         assert saved[0].data_ptr() != y.data_ptr()
     else:
         assert saved[0].data_ptr() == y.data_ptr()
+
+
+@pytest.mark.parametrize(("name", "alpha"), [("relu", 0.0), ("relu6", 0.0), ("leaky_relu", 0.2), ("leaky_relu", -0.3)])
+def test_bitmask_saves_one_bit_per_element(name, alpha):
+    """Backward keeps ceil(n / 8) bytes, not the output or the input."""
+    from rtdetr_fused.ops.activation import apply
+
+    x = _randn((2, 3, 5, 7), torch.float32, "cpu").requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        y = apply(x * 1.0, name, alpha, bitmask=True)
+    assert [(t.dtype, t.numel()) for t in saved] == [(torch.uint8, (x.numel() + 7) // 8)]
+    assert y.requires_grad
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_bitmask_kernel_bits_and_every_element(dtype, device):
+    """The bits are where the derivative is 1, element 8k + i in bit i of byte k, through the
+    last partial byte; outputs start as NaN and none may be left."""
+    from rtdetr_fused.kernels import pointwise
+
+    n = 2 * block_size(dtype) + 13
+    x = _randn((n,), dtype, device)
+    for name, alpha, one in (("relu6", 0.0, lambda v: (v > 0) & (v < 6)), ("leaky_relu", -0.3, lambda v: v > 0)):
+        y = torch.full_like(x, float("nan"))
+        bits = torch.full(((n + 7) // 8,), 0xA5, dtype=torch.uint8, device=device)
+        pointwise.mask_forward(x, y, bits, name, alpha, from_output=alpha >= 0)
+        expected = torch.cat([one(x.cpu().double()), torch.zeros(-n % 8, dtype=torch.bool)]).view(-1, 8)
+        assert torch.equal(
+            bits.cpu(), (expected.to(torch.uint8) * 2 ** torch.arange(8, dtype=torch.uint8)).sum(1, dtype=torch.uint8)
+        )
+        dx = torch.full_like(x, float("nan"))
+        pointwise.mask_backward(bits, torch.ones_like(x), dx, alpha)
+        assert not y.isnan().any() and not dx.isnan().any(), name
+
+
+def test_bitmask_needs_two_valued_derivative_and_out_of_place():
+    from rtdetr_fused.ops.activation import apply
+
+    with pytest.raises(ValueError, match="out of place"):
+        RF.relu(torch.zeros(3), inplace=True, bitmask=True)
+    with pytest.raises(ValueError, match="two values"):
+        apply(torch.zeros(3), "silu", bitmask=True)
 
 
 def test_same_bits_every_run(device):
@@ -189,3 +232,13 @@ def test_64bit_offsets_past_2_to_the_31():
     assert y[-4099:].eq(2.0).all() and y[: -4099 : 1 << 20].eq(0.0).all()
     del x, y
     torch.cuda.empty_cache()
+
+
+def test_opcheck():
+    """The custom ops' schemas, fake kernels and autograd registrations agree (torch.library)."""
+    x = _randn((2, 3, 4, 5), torch.float32, "cpu").to(memory_format=torch.channels_last).requires_grad_()
+    torch.library.opcheck(torch.ops.rtdetr_fused.act, (x, "mish", 0.0))
+    torch.library.opcheck(torch.ops.rtdetr_fused.act_mask, (x, "leaky_relu", 0.2))
+    y, bits = torch.ops.rtdetr_fused.act_mask(x.detach(), "relu6", 0.0)
+    g = _randn(x.shape, torch.float32, "cpu")
+    torch.library.opcheck(torch.ops.rtdetr_fused.act_mask_backward, (bits, g, list(y.stride()), 0.0))

@@ -8,14 +8,17 @@ from torch import nn
 from rtdetr_fused import ACTIVATIONS, get_activation
 
 
-def _model(name: str) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), get_activation(name))
+def _model(name: str, **kwargs) -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, bias=False), nn.BatchNorm2d(4), get_activation(name, **kwargs))
 
 
-@pytest.mark.parametrize("name", ACTIVATIONS)
-def test_compiles_without_graph_breaks(name, device):
+CONFIGS = {**{name: {} for name in ACTIVATIONS}, "relu6_bitmask": {"bitmask": True}}
+
+
+@pytest.mark.parametrize("config", CONFIGS)
+def test_compiles_without_graph_breaks(config, device):
     torch.manual_seed(0)
-    model = _model(name).to(device)
+    model = _model(config.removesuffix("_bitmask"), **CONFIGS[config]).to(device)
     x = torch.randn(2, 3, 6, 6, device=device)
 
     explanation = torch._dynamo.explain(model)(x)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .common import Routed, check_float, dense, exporting, interpreting, is_dense, like
+from .common import Routed, check_float, dense, exporting, interpreting, is_dense, like, with_strides
 
 aten = torch.ops.aten
 
@@ -134,6 +134,98 @@ ACT_BACKWARD = Routed(act_backward, _act_backward_triton, _act_backward_cpu)
 ACT = Routed(act, _act_triton, _act_cpu, _setup_context, _backward_with, ACT_BACKWARD)
 
 
+# --- act_mask: backward from one bit per element -----------------------------------------------
+
+MASKABLE = ("relu", "relu6", "leaky_relu")
+"""Activations whose derivative takes two values, 1 or ``alpha``, so one bit holds it."""
+
+
+def _act_mask_triton(x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    x = dense(x)
+    out = torch.empty_like(x)
+    bits = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device)
+    if x.numel():
+        _kernels().mask_forward(x, out, bits, name, alpha, SPECS[name].saves_output(alpha))
+    return out, bits
+
+
+act_mask = torch.library.custom_op("rtdetr_fused::act_mask", _act_mask_triton, mutates_args=(), device_types="cuda")
+
+_BIT_WEIGHTS = 2 ** torch.arange(8, dtype=torch.uint8)
+
+
+def _storage_order(t: torch.Tensor) -> torch.Tensor:
+    """The elements of a freshly allocated dense ``t`` in storage order, as a 1-D view."""
+    return t.as_strided((t.numel(),), (1,))
+
+
+@act_mask.register_kernel("cpu")
+def _act_mask_cpu(x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    if interpreting():
+        return _act_mask_triton(x, name, alpha)
+    out = torch.empty_like(dense(x)).copy_(SPECS[name].reference(x, alpha))
+    saved = out if SPECS[name].saves_output(alpha) else x
+    one = SPECS[name].reference_backward(saved, torch.ones_like(saved), alpha) == 1
+    flat = _storage_order(torch.empty_like(out, dtype=torch.bool).copy_(one))
+    padded = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)]).view(-1, 8).to(torch.uint8)
+    return out, (padded * _BIT_WEIGHTS).sum(1, dtype=torch.uint8)
+
+
+@act_mask.register_fake
+def _act_mask_fake(x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.empty_like(x), x.new_empty((x.numel() + 7) // 8, dtype=torch.uint8)
+
+
+def _act_mask_backward_triton(bits: torch.Tensor, grad: torch.Tensor, stride: list[int], alpha: float) -> torch.Tensor:
+    grad = with_strides(grad, stride)
+    out = torch.empty_like(grad)
+    if grad.numel():
+        _kernels().mask_backward(bits, grad, out, alpha)
+    return out
+
+
+act_mask_backward = torch.library.custom_op(
+    "rtdetr_fused::act_mask_backward", _act_mask_backward_triton, mutates_args=(), device_types="cuda"
+)
+
+
+@act_mask_backward.register_kernel("cpu")
+def _act_mask_backward_cpu(bits: torch.Tensor, grad: torch.Tensor, stride: list[int], alpha: float) -> torch.Tensor:
+    if interpreting():
+        return _act_mask_backward_triton(bits, grad, stride, alpha)
+    grad = with_strides(grad, stride)
+    one = torch.empty_like(grad, dtype=torch.bool)
+    unpacked = (bits[:, None] & _BIT_WEIGHTS) != 0
+    _storage_order(one).copy_(unpacked.view(-1)[: grad.numel()])
+    return torch.where(one, grad, grad * alpha if alpha else torch.zeros_like(grad))
+
+
+@act_mask_backward.register_fake
+def _act_mask_backward_fake(bits: torch.Tensor, grad: torch.Tensor, stride: list[int], alpha: float) -> torch.Tensor:
+    return torch.empty_strided(grad.shape, stride, dtype=grad.dtype, device=grad.device)
+
+
+def _mask_setup_context(ctx, inputs, output) -> None:
+    _, _, alpha = inputs
+    out, bits = output
+    ctx.stride, ctx.alpha = list(out.stride()), alpha
+    ctx.save_for_backward(bits)
+
+
+def _mask_backward_with(backward: Callable) -> Callable:
+    def _backward(ctx, grad: torch.Tensor, _grad_bits: torch.Tensor | None):
+        (bits,) = ctx.saved_tensors
+        return backward(bits, grad, ctx.stride, ctx.alpha), None, None
+
+    return _backward
+
+
+ACT_MASK_BACKWARD = Routed(act_mask_backward, _act_mask_backward_triton, _act_mask_backward_cpu)
+ACT_MASK = Routed(
+    act_mask, _act_mask_triton, _act_mask_cpu, _mask_setup_context, _mask_backward_with, ACT_MASK_BACKWARD
+)
+
+
 # --- act_: in place -------------------------------------------------------------------------
 
 
@@ -178,11 +270,18 @@ class InplaceAct(torch.autograd.Function):
         return _backward_with(ACT_BACKWARD)(ctx, grad)
 
 
-def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False) -> torch.Tensor:
-    """Run activation ``name`` on ``x``; the entry point of ``rtdetr_fused.functional``."""
+def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False, bitmask: bool = False) -> torch.Tensor:
+    """Run activation ``name`` on ``x``; the entry point of ``rtdetr_fused.functional``.
+    ``bitmask``: backward from one bit per element (``MASKABLE`` activations, out of place)."""
     check_float(x, "input")
+    if bitmask and name not in MASKABLE:
+        raise ValueError(f"bitmask=True needs a derivative with two values: {', '.join(MASKABLE)}, not {name}")
+    if bitmask and inplace:
+        raise ValueError("bitmask=True works out of place: in place, the output is saved, which costs nothing extra")
     if exporting():
         return SPECS[name].reference(x, alpha)  # exporters see the standard op
+    if bitmask:
+        return ACT_MASK(x, name, alpha)[0]
     if not inplace:
         return ACT(x, name, alpha)
     if torch.is_grad_enabled() and x.requires_grad:

@@ -51,6 +51,13 @@ def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(ref, dtype=t.dtype).copy_(t)
 
 
+def with_strides(t: torch.Tensor, stride: list[int]) -> torch.Tensor:
+    """``t`` with ``stride`` (a dense layout of its shape), copying only when they differ."""
+    if all(a == b for n, a, b in zip(t.shape, t.stride(), stride) if n != 1):
+        return t
+    return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
+
+
 def device_programs(t: torch.Tensor) -> int:
     """Programs that fill the device: 4 per SM on a GPU, a handful in the interpreter."""
     return 4 * _multiprocessors(t.device.index) if t.is_cuda else 4
