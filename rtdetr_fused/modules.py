@@ -32,50 +32,65 @@ class Hardswish(nn.Hardswish):
         return F.hardswish(input, self.inplace)
 
 
-class _Bitmask:
-    """``bitmask=True``: backward from one bit per element (where the derivative is 1) instead
-    of the output: 1/16 of a bfloat16 map kept instead of a map. A saving only where nothing
-    after the activation keeps its output: a following conv, linear or BatchNorm saves it
-    anyway, and then saving the output costs nothing extra (the default)."""
-
-    bitmask: bool = False
-
-    def extra_repr(self) -> str:
-        return ", ".join(s for s in (super().extra_repr(), "bitmask=True" if self.bitmask else "") if s)
+def _with_bitmask(extra_repr: str, bitmask: bool) -> str:
+    return ", ".join(part for part in (extra_repr, "bitmask=True" if bitmask else "") if part)
 
 
-class LeakyReLU(_Bitmask, nn.LeakyReLU):
+class LeakyReLU(nn.LeakyReLU):
     """LeakyReLU(x) = x if x > 0 else negative_slope * x. Backward saves the output (no
-    extra memory in place); with a negative slope, the input; with ``bitmask``, one bit each."""
+    extra memory in place); with a negative slope, the input.
 
-    def __init__(self, negative_slope: float = 1e-2, inplace: bool = False, bitmask: bool = False):
+    ``bitmask=True``: backward from one bit per element (where the derivative is 1) instead:
+    1/16 of a bfloat16 map kept instead of a map. A saving only where nothing after the
+    activation keeps its output: a following conv, linear or BatchNorm saves it anyway, and
+    then saving the output costs nothing extra (the default). Out of place only.
+    """
+
+    bitmask = False  # modules pickled before the option load without it
+
+    def __init__(self, negative_slope: float = 1e-2, inplace: bool = False, bitmask: bool = False) -> None:
         super().__init__(negative_slope, inplace)
         self.bitmask = bitmask
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(input, self.negative_slope, self.inplace, self.bitmask)
 
+    def extra_repr(self) -> str:
+        return _with_bitmask(super().extra_repr(), self.bitmask)
 
-class ReLU6(_Bitmask, nn.ReLU6):
-    """ReLU6(x) = min(max(x, 0), 6). Backward saves the output; with ``bitmask``, one bit each."""
 
-    def __init__(self, inplace: bool = False, bitmask: bool = False):
+class ReLU6(nn.ReLU6):
+    """ReLU6(x) = min(max(x, 0), 6). Backward saves the output, or with ``bitmask=True`` one
+    bit per element (see ``LeakyReLU``)."""
+
+    bitmask = False
+
+    def __init__(self, inplace: bool = False, bitmask: bool = False) -> None:
         super().__init__(inplace)
         self.bitmask = bitmask
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.relu6(input, self.inplace, self.bitmask)
 
+    def extra_repr(self) -> str:
+        return _with_bitmask(super().extra_repr(), self.bitmask)
 
-class ReLU(_Bitmask, nn.ReLU):
-    """ReLU(x) = max(x, 0). Backward saves the output; with ``bitmask``, one bit each."""
 
-    def __init__(self, inplace: bool = False, bitmask: bool = False):
+class ReLU(nn.ReLU):
+    """ReLU(x) = max(x, 0). Backward saves the output, or with ``bitmask=True`` one bit per
+    element (see ``LeakyReLU``)."""
+
+    bitmask = False
+
+    def __init__(self, inplace: bool = False, bitmask: bool = False) -> None:
         super().__init__(inplace)
         self.bitmask = bitmask
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return F.relu(input, self.inplace, self.bitmask)
+
+    def extra_repr(self) -> str:
+        return _with_bitmask(super().extra_repr(), self.bitmask)
 
 
 class GELU(nn.GELU):
