@@ -18,7 +18,7 @@ pytest.importorskip("ultralytics")
 from ultralytics.nn.modules import Conv, Conv2, DWConv  # noqa: E402
 from ultralytics.nn.tasks import DetectionModel  # noqa: E402
 
-from rtdetr_fused.integrations.fuse_bn import FusedConvForward, fuse_bn_act, unfuse_bn_act  # noqa: E402
+from rtdetr_fused.integrations.fuse_bn import FusedConvForward, MaxPoolForward, fuse_bn_act, unfuse_bn_act  # noqa: E402
 from rtdetr_fused.integrations.ultralytics import patch_ultralytics, replace_activations, to_torch_nn  # noqa: E402
 from rtdetr_fused.modules import Mish  # noqa: E402
 from rtdetr_fused.ops.common import interpreting  # noqa: E402
@@ -54,11 +54,12 @@ def test_fuses_conv_blocks_and_keeps_keys(yolo):
         for m in model.modules()
         if type(m) in (Conv, DWConv) and not isinstance(m.act, nn.Identity) and hasattr(m, "bn")
     ]
-    assert fuse_bn_act(model) == len(expected) > 50
-    assert _fused_blocks(model) == expected
+    pools = [m for m in model.modules() if isinstance(m, nn.MaxPool2d)]  # SPPF's, stride 1
+    assert fuse_bn_act(model) == len(expected) + len(pools) and len(expected) > 50 and len(pools) == 1
+    assert _fused_blocks(model) == expected and isinstance(vars(pools[0])["forward"], MaxPoolForward)
     assert list(model.state_dict()) == keys
     assert fuse_bn_act(model) == 0  # already fused
-    assert unfuse_bn_act(model) == len(expected)
+    assert unfuse_bn_act(model) == len(expected) + len(pools)
     assert not _fused_blocks(model) and list(model.state_dict()) == keys
 
 
@@ -75,7 +76,8 @@ def test_training_and_eval_match_eager(yolo, pytorch_path):
 
 def test_pickle_fuse_and_checkpoints(yolo, pytorch_path):
     model = copy.deepcopy(yolo).eval()
-    n = fuse_bn_act(model)
+    fuse_bn_act(model)
+    n = len(_fused_blocks(model))
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)

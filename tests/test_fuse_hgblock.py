@@ -21,7 +21,7 @@ pytest.importorskip("ultralytics")
 
 from ultralytics.nn.modules import HGBlock  # noqa: E402
 
-from rtdetr_fused.integrations.fuse_bn import FusedHGBlockForward, fuse_bn_act, unfuse_bn_act  # noqa: E402
+from rtdetr_fused.integrations.fuse_bn import FusedHGBlockForward, MaxPoolForward, fuse_bn_act, unfuse_bn_act  # noqa: E402
 from rtdetr_fused.ops.common import interpreting  # noqa: E402
 
 CONVS = {
@@ -150,7 +150,9 @@ def test_rtdetr_fuse_unfuse_pickle_and_model_fuse(pytorch_path):
     hg = [m for m in model.modules() if isinstance(m, HGBlock)]
     n = fuse_bn_act(model)
     assert all(isinstance(m.forward, FusedHGBlockForward) for m in hg) and len(hg) == 6
-    assert n == len(hg) + len(_fused_blocks(model))
+    pools = [m for m in model.modules() if isinstance(vars(m).get("forward"), MaxPoolForward)]
+    assert len(pools) == 1 and pools[0] is model.model[0].pool  # HGStem's: it saves its input, no indices
+    assert n == len(hg) + len(_fused_blocks(model)) + len(pools)
     buffer = io.BytesIO()
     torch.save(model, buffer)
     buffer.seek(0)

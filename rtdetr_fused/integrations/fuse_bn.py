@@ -14,16 +14,19 @@ Ultralytics is never imported:
   ``HGBlock.forward`` and its squeeze conv ``sc`` is a Conv block with a ``BatchNorm2d``. Its
   ``sc`` then convolves the concatenation of the block's input and its ``m`` outputs through
   ``cat_conv2d``, which saves those tensors (saved already by the convs that read them) instead
-  of the concatenation, and runs ``sc``'s BatchNorm+activation fused when ``act`` is supported.
+  of the concatenation, and runs ``sc``'s BatchNorm+activation fused when ``act`` is supported;
+- a stride-1 ``nn.MaxPool2d`` (HGStem's, SPPF's) saves its input instead of int64 indices.
 """
 
 import sys
 
 import torch
 from torch import nn
+from torch.nn.modules.utils import _pair
 
 from ..bn_act import activation_spec, batch_norm_act_module
 from ..cat_conv import cat_conv2d
+from ..max_pool import max_pool2d
 from ..ops.common import exporting
 
 
@@ -65,6 +68,26 @@ class FusedHGBlockForward(_FusedForward):
         return z + x if block.add else z
 
 
+class MaxPoolForward(_FusedForward):
+    """A stride-1 ``nn.MaxPool2d`` whose backward keeps its input rather than int64 argmax
+    indices (``rtdetr_fused.max_pool``): a quarter of the bytes in bfloat16, none where the
+    input is saved anyway. Without autograd or under export, the class's own forward."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        pool = self.block
+        if not (torch.is_grad_enabled() and x.requires_grad) or exporting():
+            return type(pool).forward(pool, x)
+        return max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+
+
+def _stride_one_max_pool(module: nn.Module) -> bool:
+    return (
+        type(module).forward is nn.MaxPool2d.forward
+        and not module.return_indices
+        and tuple(_pair(module.stride)) == (1, 1)
+    )
+
+
 def _ultralytics(module: str, cls: str):
     """``cls.forward`` of ``ultralytics.nn.modules.<module>`` if ultralytics is loaded (a model
     of it exists only then)."""
@@ -104,6 +127,7 @@ def _hg_block(module: nn.Module) -> bool:
 FORWARDS = {
     FusedConvForward: lambda m: _conv_block(m) and activation_spec(m.act) is not None,
     FusedHGBlockForward: _hg_block,
+    MaxPoolForward: _stride_one_max_pool,
 }
 """Each fused forward and the blocks it applies to."""
 
@@ -117,8 +141,9 @@ def fusable(module: nn.Module) -> type[_FusedForward] | None:
 
 
 def fuse_bn_act(module: nn.Module) -> int:
-    """Make every qualifying block in ``module`` run conv -> fused BN+activation, and every
-    qualifying HGBlock save its pieces instead of their concatenation; returns how many blocks.
+    """Make every qualifying block in ``module`` run conv -> fused BN+activation, every
+    qualifying HGBlock save its pieces instead of their concatenation and every stride-1 max
+    pool its input instead of indices; returns how many modules changed.
     Conv blocks whose ``act`` is ``nn.Identity`` or unsupported keep eager BN."""
     blocks = [(m, forward) for m in module.modules() if (forward := fusable(m))]
     for block, forward in blocks:
