@@ -31,6 +31,9 @@ from .pointwise import NUM_WARPS, block_size, upcast
 # Elements per reduction tile: the Welford loop keeps three tiles (x, mean, M2) live.
 REDUCE_TILE = 2048
 FINALIZE_TILE = 4096
+CHANNEL_PROGRAM_MAX = 16384
+"""Largest N * H * W reduced by one program per channel (NCHW-like layouts); beyond it the
+split reduction, which spreads a channel over many programs."""
 
 
 @triton.jit
@@ -323,6 +326,133 @@ def _backward_kernel(
     tl.store(dx_ptr + offs, (gz * scale).to(dx_ptr.dtype.element_ty), mask=mask)
 
 
+# --- one program per channel: small maps ------------------------------------------------------
+# Where a channel has few elements (RT-DETR-l's 20x20 maps at batch 16: 6400), one program per
+# channel reduces it whole, so the statistics need one kernel instead of two and backward's
+# sums one instead of a kernel and a sum over partials: fewer launches where launches are what
+# costs. The storage is NCHW-like, [A, C, B] with B = x.stride(1) > 1, and a program walks its
+# channel's A rows of B contiguous elements.
+
+
+@triton.jit
+def _channel_tile(a0, b0, c, A, C, B, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """Offsets and mask of rows a0.. and columns b0.. of channel c in [A, C, B] storage."""
+    a = a0 + tl.arange(0, BLOCK_A)
+    b = b0 + tl.arange(0, BLOCK_B)
+    offs = (a[:, None] * C + c) * B + b[None, :]
+    return offs, (a < A)[:, None] & (b < B)[None, :]
+
+
+@triton.jit
+def _channel_stats_kernel(
+    x_ptr,
+    mean_ptr,
+    invstd_ptr,
+    rm_ptr,
+    rv_ptr,
+    A,
+    C,
+    B,
+    eps: tl.float64,
+    factor: tl.float64,
+    UPDATE: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """Mean, 1 / sqrt(var + eps) and (UPDATE) the running statistics of one channel: a pass for
+    the mean, a second for the squares about it (no cancellation), in a fixed order."""
+    acc = mean_ptr.dtype.element_ty
+    c = tl.program_id(0).to(tl.int64)
+    total = tl.zeros([BLOCK_A, BLOCK_B], dtype=acc)
+    for a0 in range(0, A, BLOCK_A):
+        for b0 in range(0, B, BLOCK_B):
+            offs, mask = _channel_tile(a0, b0, c, A, C, B, BLOCK_A, BLOCK_B)
+            total += upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
+    n = tl.cast(A * B, acc)
+    mean = tl.sum(tl.sum(total, axis=1), axis=0) / n
+    squares = tl.zeros([BLOCK_A, BLOCK_B], dtype=acc)
+    for a0 in range(0, A, BLOCK_A):
+        for b0 in range(0, B, BLOCK_B):
+            offs, mask = _channel_tile(a0, b0, c, A, C, B, BLOCK_A, BLOCK_B)
+            d = tl.where(mask, upcast(tl.load(x_ptr + offs, mask=mask, other=0.0)) - mean, 0.0)
+            squares += d * d
+    m2 = tl.sum(tl.sum(squares, axis=1), axis=0)
+    tl.store(mean_ptr + c, mean)
+    tl.store(invstd_ptr + c, _rsqrt(m2 / n + eps))
+    if UPDATE:
+        rm = upcast(tl.load(rm_ptr + c))
+        rv = upcast(tl.load(rv_ptr + c))
+        tl.store(rm_ptr + c, (factor * mean + (1.0 - factor) * rm).to(rm_ptr.dtype.element_ty))
+        tl.store(rv_ptr + c, (factor * (m2 / (n - 1.0)) + (1.0 - factor) * rv).to(rv_ptr.dtype.element_ty))
+
+
+@triton.jit
+def _channel_backward_kernel(
+    x_ptr,
+    g_ptr,
+    dx_ptr,
+    mean_ptr,
+    invstd_ptr,
+    w_ptr,
+    b_ptr,
+    a_ptr,
+    sums_ptr,
+    A,
+    C,
+    B,
+    FN: tl.constexpr,
+    ALPHA: tl.constexpr,
+    PRELU: tl.constexpr,
+    TRAINING: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """One channel's sums (gz, gz * xhat and, for PReLU, z * g where z <= 0, into sums_ptr
+    [2 or 3, C]) and then its dx, as ``_backward_reduce_kernel`` and ``_backward_kernel``."""
+    acc = sums_ptr.dtype.element_ty
+    c = tl.program_id(0).to(tl.int64)
+    mean = upcast(tl.load(mean_ptr + c))
+    invstd = upcast(tl.load(invstd_ptr + c))
+    w = upcast(tl.load(w_ptr + c))
+    bias = upcast(tl.load(b_ptr + c))
+    if PRELU:
+        alpha = upcast(tl.load(a_ptr + c))
+    else:
+        alpha = ALPHA
+    sum_gz = tl.zeros([BLOCK_A, BLOCK_B], dtype=acc)
+    sum_gzx = tl.zeros([BLOCK_A, BLOCK_B], dtype=acc)
+    sum_a = tl.zeros([BLOCK_A, BLOCK_B], dtype=acc)
+    for a0 in range(0, A, BLOCK_A):
+        for b0 in range(0, B, BLOCK_B):
+            offs, mask = _channel_tile(a0, b0, c, A, C, B, BLOCK_A, BLOCK_B)
+            x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
+            g = upcast(tl.load(g_ptr + offs, mask=mask, other=0.0))  # g = 0: gz = 0 off the tensor
+            xhat = (x - mean) * invstd
+            z = xhat * w + bias
+            gz = FN(z, g, alpha)
+            sum_gz += gz
+            sum_gzx += gz * xhat
+            if PRELU:
+                sum_a += tl.where(z > 0.0, 0.0, z * g)
+    total_gz = tl.sum(tl.sum(sum_gz, axis=1), axis=0)
+    total_gzx = tl.sum(tl.sum(sum_gzx, axis=1), axis=0)
+    tl.store(sums_ptr + c, total_gz)
+    tl.store(sums_ptr + C + c, total_gzx)
+    if PRELU:
+        tl.store(sums_ptr + 2 * C + c, tl.sum(tl.sum(sum_a, axis=1), axis=0))
+    n = tl.cast(A * B, acc)
+    for a0 in range(0, A, BLOCK_A):
+        for b0 in range(0, B, BLOCK_B):
+            offs, mask = _channel_tile(a0, b0, c, A, C, B, BLOCK_A, BLOCK_B)
+            x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
+            g = upcast(tl.load(g_ptr + offs, mask=mask, other=0.0))
+            xhat = (x - mean) * invstd
+            gz = FN(xhat * w + bias, g, alpha)
+            if TRAINING:
+                gz = gz - total_gz / n - xhat * (total_gzx / n)
+            tl.store(dx_ptr + offs, (gz * (w * invstd)).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
 # --- launch ------------------------------------------------------------------------------------
 
 
@@ -353,6 +483,17 @@ def _formula(name: str, backward: bool) -> triton.JITFunction:
     return FORMULAS["leaky_relu" if name == "prelu" else name][int(backward)]
 
 
+def _channel_blocks(x: torch.Tensor) -> tuple[int, int, int, int, int] | None:
+    """(A, C, B, BLOCK_A, BLOCK_B) when one program per channel should reduce ``x``, else None."""
+    c, b = x.shape[1], x.stride(1)
+    if b == 1 or x.numel() // c > CHANNEL_PROGRAM_MAX:
+        return None
+    a = x.numel() // (c * b)
+    block_b = min(triton.next_power_of_2(b), 256)
+    tile = REDUCE_TILE // (accumulate_dtype(x).itemsize // 4)
+    return a, c, b, min(triton.next_power_of_2(a), max(1, tile // block_b)), block_b
+
+
 def statistics(
     x: torch.Tensor,
     running_mean: torch.Tensor | None,
@@ -364,6 +505,15 @@ def statistics(
     """Batch mean and 1 / sqrt(var + eps) per channel of a dense 4-D ``x`` (at least two values
     per channel); updates the running statistics in place when given."""
     acc = accumulate_dtype(x)
+    update = running_mean is not None
+    if blocks := _channel_blocks(x):
+        a, c, b, block_a, block_b = blocks
+        mean, invstd = torch.empty(c, dtype=acc, device=x.device), torch.empty(c, dtype=acc, device=x.device)
+        _channel_stats_kernel[(c,)](
+            x, mean, invstd, running_mean if update else mean, running_var if update else invstd, a, c, b, eps,
+            momentum, UPDATE=update, BLOCK_A=block_a, BLOCK_B=block_b, num_warps=NUM_WARPS,
+        )  # fmt: skip
+        return mean, invstd
     geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
@@ -383,7 +533,6 @@ def statistics(
     c = geo.channels
     mean = torch.empty(c, dtype=acc, device=x.device)
     invstd = torch.empty(c, dtype=acc, device=x.device)
-    update = running_mean is not None
     block_c = min(triton.next_power_of_2(c), 32)
     _finalize_kernel[(triton.cdiv(c, block_c),)](
         partials,
@@ -464,11 +613,20 @@ def backward(
     acc = accumulate_dtype(x)
     prelu = name == "prelu"
     a = act_weight if prelu else weight
+    common = dict(FN=_formula(name, True), ALPHA=alpha, PRELU=prelu, num_warps=NUM_WARPS)
+    if blocks := _channel_blocks(x):
+        n_a, c, b, block_a, block_b = blocks
+        sums = torch.empty((3 if prelu else 2, c), dtype=acc, device=x.device)
+        _channel_backward_kernel[(c,)](
+            x, grad, grad_x, mean, invstd, weight, bias, a, sums, n_a, c, b, TRAINING=training, BLOCK_A=block_a,
+            BLOCK_B=block_b, **common,
+        )  # fmt: skip
+        return sums
     geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
     partials = torch.empty((3 if prelu else 2, strips.partials, geo.channels), dtype=acc, device=x.device)
-    common = dict(FN=_formula(name, True), ALPHA=alpha, PRELU=prelu, COLUMN=geo.column, num_warps=NUM_WARPS)
+    common["COLUMN"] = geo.column
     _backward_reduce_kernel[strips.grid](
         x,
         grad,

@@ -243,6 +243,38 @@ def _bn_act_entries() -> list[Entry]:
                         pointwise.NUM_WARPS,
                     )
                 )
+        # One program per channel (small NCHW maps): RT-DETR-l's 20x20 at batch 16, A = 16, B = 400.
+        blocks = {"BLOCK_A": 8, "BLOCK_B": 256}
+        sig = {"x_ptr": ptr, "mean_ptr": acc, "invstd_ptr": acc, "rm_ptr": "*fp32", "rv_ptr": "*fp32"}
+        sig |= {"A": "i32", "C": "i32", "B": "i32", "eps": "fp64", "factor": "fp64"}
+        sig |= dict.fromkeys(("UPDATE", "BLOCK_A", "BLOCK_B"), "constexpr")
+        entries.append(
+            Entry(
+                "bn stats (program per channel)",
+                dt,
+                bn_act._channel_stats_kernel,
+                sig,
+                {"UPDATE": True, **blocks},
+                (0, 7),
+                pointwise.NUM_WARPS,
+            )
+        )
+        for name, is_prelu in (("silu", False), ("leaky_relu", True)):
+            sig = {"x_ptr": ptr, "g_ptr": ptr, "dx_ptr": ptr, **dict.fromkeys(per_channel, acc), "sums_ptr": acc}
+            sig |= {"A": "i32", "C": "i32", "B": "i32"}
+            sig |= dict.fromkeys(("FN", "ALPHA", "PRELU", "TRAINING", "BLOCK_A", "BLOCK_B"), "constexpr")
+            const = {"FN": FORMULAS[name][1], "ALPHA": 0.0, "PRELU": is_prelu, "TRAINING": True, **blocks}
+            entries.append(
+                Entry(
+                    f"bn+{'prelu' if is_prelu else name} backward (program per channel)",
+                    dt,
+                    bn_act._channel_backward_kernel,
+                    sig,
+                    const,
+                    (0, 1, 2, 11),
+                    pointwise.NUM_WARPS,
+                )
+            )
     for acc in ("*fp32", "*fp64"):
         sig = {"part_ptr": acc, "mean_ptr": acc, "invstd_ptr": acc, "rm_ptr": "*fp32", "rv_ptr": "*fp32"}
         sig |= dict.fromkeys(("C", "S", "PLANE", "PER", "DIV", "TOTAL", "N"), "i32") | {"eps": "fp64", "factor": "fp64"}

@@ -27,6 +27,15 @@ ACTS = {
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
+@pytest.fixture(autouse=True, params=["split", "per_channel"])
+def reduction(request, monkeypatch):
+    """Every test runs with each reduction: the split one (many programs per channel) and one
+    program per channel (NCHW-like maps of at most CHANNEL_PROGRAM_MAX elements per channel;
+    channels_last inputs keep the split one)."""
+    monkeypatch.setattr(K, "CHANNEL_PROGRAM_MAX", 0 if request.param == "split" else 1 << 40)
+    return request.param
+
+
 def make(act: str, c: int, device: str, param_dtype=torch.float64, **bn_kwargs):
     """(float64 CPU reference BatchNorm2d -> act, BatchNormAct2d on ``device``) with the same
     random state: weights, biases, running statistics, PReLU slopes."""
