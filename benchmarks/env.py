@@ -75,8 +75,12 @@ def environment(device: torch.device, argv: list[str]) -> dict:
     """Everything results.json needs to say where and with what its numbers were measured."""
     now = datetime.datetime.now(datetime.timezone.utc)
     info = device_info(device)
-    commit = _run("git", "rev-parse", "HEAD")
-    dirty = _run("git", "status", "--porcelain", "--untracked-files=no")
+    # A copy of the tree run elsewhere (the lent GPU machine) may carry a stale .git: the
+    # caller then names the commit it sent.
+    commit = os.environ.get("RTDETR_FUSED_COMMIT") or _run("git", "rev-parse", "HEAD")
+    dirty = (
+        None if os.environ.get("RTDETR_FUSED_COMMIT") else _run("git", "status", "--porcelain", "--untracked-files=no")
+    )
     slug = re.sub(r"[^a-z0-9]+", "-", info["device_label"].lower()).strip("-")
     return {
         "created": now.isoformat(timespec="seconds"),
