@@ -13,7 +13,7 @@ from torch import nn
 pytest.importorskip("ultralytics")
 
 import rtdetr_fused.integrations.ultralytics as U  # noqa: E402
-from rtdetr_fused import GELU, Hardswish, LeakyReLU, Mish, PReLU  # noqa: E402
+from rtdetr_fused import GELU, Hardswish, LeakyReLU, Mish, PReLU, ReLU  # noqa: E402
 from rtdetr_fused.cli import main  # noqa: E402
 from rtdetr_fused.ops.common import interpreting  # noqa: E402
 
@@ -121,6 +121,17 @@ def test_replace_all_on_rtdetr_matches_torch_nn(pytorch_path):
         if type(m) is PReLU:
             m.weight.data.uniform_(0.05, 0.5)
     _assert_same_as_torch_nn(net, torch.rand(1, 3, 64, 64))
+
+
+def test_replace_with_bitmask_relu_matches_torch_nn(pytorch_path):
+    """Constructor arguments pass through: every site gets ReLU(bitmask=True)."""
+    from ultralytics import YOLO
+
+    model = YOLO("yolo11n.yaml").model.train()
+    U.replace_activations(model, "relu", targets="all", bitmask=True)
+    relus = [m for m in model.modules() if type(m) is ReLU]
+    assert relus and all(m.bitmask for m in relus)
+    _assert_same_as_torch_nn(model, torch.rand(2, 3, 64, 64))
 
 
 def test_patched_yolo_matches_torch_nn(pytorch_path):
