@@ -6,7 +6,8 @@ report a model's activation sites.
     rtdetr-fused info model=rtdetr-l.yaml
 
 ``train`` takes Ultralytics' ``key=value`` arguments; ``act``, ``targets``, ``fuse_bn`` and the arguments of
-the activation's constructor (``num_parameters=1``, ``negative_slope=0.1``, ``approximate=tanh``) are ours.
+the activation's constructor (``num_parameters=1``, ``negative_slope=0.1``, ``approximate=tanh``,
+``bitmask=True``) are ours.
 """
 
 from __future__ import annotations
