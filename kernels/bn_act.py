@@ -103,6 +103,15 @@ def _rsqrt(v):
 
 
 @triton.jit
+def _update_running(rm_ptr, rv_ptr, offs, mask, mean, m2, n, factor):
+    """running = factor * batch + (1 - factor) * running; the variance unbiased, m2 / (n - 1)."""
+    rm = upcast(tl.load(rm_ptr + offs, mask=mask, other=0.0))
+    rv = upcast(tl.load(rv_ptr + offs, mask=mask, other=0.0))
+    tl.store(rm_ptr + offs, (factor * mean + (1.0 - factor) * rm).to(rm_ptr.dtype.element_ty), mask=mask)
+    tl.store(rv_ptr + offs, (factor * (m2 / (n - 1.0)) + (1.0 - factor) * rv).to(rv_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
 def _stats_kernel(
     x_ptr,
     part_ptr,
@@ -195,11 +204,7 @@ def _finalize_kernel(
     tl.store(mean_ptr + cols, mean, mask=col_ok)
     tl.store(invstd_ptr + cols, _rsqrt(m2 / n + eps), mask=col_ok)
     if UPDATE:
-        rm = upcast(tl.load(rm_ptr + cols, mask=col_ok, other=0.0))
-        rv = upcast(tl.load(rv_ptr + cols, mask=col_ok, other=0.0))
-        tl.store(rm_ptr + cols, (factor * mean + (1.0 - factor) * rm).to(rm_ptr.dtype.element_ty), mask=col_ok)
-        rv = factor * (m2 / (n - 1.0)) + (1.0 - factor) * rv
-        tl.store(rv_ptr + cols, rv.to(rv_ptr.dtype.element_ty), mask=col_ok)
+        _update_running(rm_ptr, rv_ptr, cols, col_ok, mean, m2, n, factor)
 
 
 @triton.jit
@@ -380,10 +385,7 @@ def _channel_stats_kernel(
     tl.store(mean_ptr + c, mean)
     tl.store(invstd_ptr + c, _rsqrt(m2 / n + eps))
     if UPDATE:
-        rm = upcast(tl.load(rm_ptr + c))
-        rv = upcast(tl.load(rv_ptr + c))
-        tl.store(rm_ptr + c, (factor * mean + (1.0 - factor) * rm).to(rm_ptr.dtype.element_ty))
-        tl.store(rv_ptr + c, (factor * (m2 / (n - 1.0)) + (1.0 - factor) * rv).to(rv_ptr.dtype.element_ty))
+        _update_running(rm_ptr, rv_ptr, c, c < C, mean, m2, n, factor)
 
 
 @triton.jit
