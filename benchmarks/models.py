@@ -11,14 +11,13 @@ from collections.abc import Callable, Iterator
 import torch
 from torch import nn
 
-from rtdetr_fused import ACTIVATIONS
+from rtdetr_fused.modules import TORCH_NN
 
 from .core import Unavailable
 from .providers import ACTIVATION_TABLE, OURS
 
 MODEL_CONFIGS = {"rtdetr-l": ("rtdetr-l.yaml", "RTDETRDetectionModel"), "yolo11n": ("yolo11n.yaml", "DetectionModel")}
 NUM_CLASSES = 80
-TORCH_CLASS = {cls: cls.__bases__[0] for cls in ACTIVATIONS.values()}
 
 
 def build(name: str) -> nn.Module:
@@ -49,18 +48,16 @@ def replacer() -> Callable:
 
 
 def to_torch_nn(model: nn.Module) -> nn.Module:
-    """Turn each of our activation modules back into its torch.nn base class, in place. Ours
-    change only ``forward``, so the twin has the same modules in the same places, with
-    torch's kernels: the fair eager baseline for a swapped model."""
-    for module in model.modules():
-        if type(module) in TORCH_CLASS:
-            module.__class__ = TORCH_CLASS[type(module)]
-    return model
+    """The integration's ``to_torch_nn``: each of our activations back to its torch.nn class, in
+    place, same settings and weights: the fair eager baseline for a swapped model."""
+    from rtdetr_fused.integrations.ultralytics import to_torch_nn
+
+    return to_torch_nn(model)
 
 
 def count_ours(model: nn.Module) -> int:
     """Activation call sites running our modules (a shared module counts at each site)."""
-    return sum(type(m) in TORCH_CLASS for _, m in model.named_modules(remove_duplicate=False))
+    return sum(type(m) in TORCH_NN for _, m in model.named_modules(remove_duplicate=False))
 
 
 Variant = tuple[str, str | None, nn.Module | Exception, int | None]

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rtdetr_fused import ACTIVATIONS
+from rtdetr_fused.modules import TORCH_NN
 
 Formula = Callable[[torch.Tensor, nn.Module], torch.Tensor]
 
@@ -48,7 +49,7 @@ class Activation:
     @property
     def torch_class(self) -> type[nn.Module]:
         """torch.nn's class: ours subclass it and change only ``forward``."""
-        return self.fused_class.__bases__[0]
+        return TORCH_NN[self.fused_class]
 
     def fused(self, channels: int) -> nn.Module:
         return self.fused_class(**self.module_kwargs(channels))

@@ -121,6 +121,9 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "gelu": GELU,
 }
 
+TORCH_NN: dict[type[nn.Module], type[nn.Module]] = {cls: cls.__bases__[0] for cls in ACTIVATIONS.values()}
+"""Each of our classes -> the torch.nn class it subclasses (ours change only ``forward``)."""
+
 
 def get_activation(name: str, **kwargs) -> nn.Module:
     """Build an activation module by plain name, e.g. ``get_activation("leaky_relu",

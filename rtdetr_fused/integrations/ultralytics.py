@@ -36,11 +36,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..modules import ACTIVATIONS, get_activation
+from ..modules import ACTIVATIONS, TORCH_NN, get_activation
 
 FUSED: dict[str, type[nn.Module]] = {cls.__name__: cls for cls in ACTIVATIONS.values()}
 """The ``targets`` vocabulary: activation type names to our modules."""
-TORCH_OF: dict[type[nn.Module], type[nn.Module]] = {cls: cls.__mro__[1] for cls in FUSED.values()}
+TORCH_OF = TORCH_NN
 FUSED_OF: dict[type[nn.Module], type[nn.Module]] = {torch_cls: cls for cls, torch_cls in TORCH_OF.items()}
 
 Counts = dict[tuple[str, str], int]
