@@ -42,20 +42,16 @@ def dense(t: torch.Tensor) -> torch.Tensor:
     return t if is_dense(t) else torch.empty_like(t).copy_(t)
 
 
-def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
-    """``t`` laid out as ``torch.empty_like(ref)``, copying only when the strides differ."""
-    if not is_dense(ref):
-        ref = torch.empty_like(ref)
-    if all(a == b for n, a, b in zip(ref.shape, t.stride(), ref.stride()) if n != 1):
-        return t
-    return torch.empty_like(ref, dtype=t.dtype).copy_(t)
-
-
 def with_strides(t: torch.Tensor, stride: list[int]) -> torch.Tensor:
     """``t`` with ``stride`` (a dense layout of its shape), copying only when they differ."""
     if all(a == b for n, a, b in zip(t.shape, t.stride(), stride) if n != 1):
         return t
     return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
+
+
+def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """``t`` laid out as ``torch.empty_like(ref)``, copying only when the strides differ."""
+    return with_strides(t, (ref if is_dense(ref) else torch.empty_like(ref)).stride())
 
 
 def device_programs(t: torch.Tensor) -> int:
