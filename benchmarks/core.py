@@ -171,9 +171,14 @@ class Context:
         self.interrupted = False
 
     @property
+    def graph_timer(self) -> bool:
+        """Times are CUDA-graph replays (``--timer cudagraph``)."""
+        return self.plan.timer == "cudagraph"
+
+    @property
     def timing(self) -> tuple[float, float, bool]:
         """bench_ms's (warmup_ms, rep_ms, graph) for this run."""
-        return self.plan.warmup_ms, self.plan.rep_ms, self.plan.timer == "cudagraph"
+        return self.plan.warmup_ms, self.plan.rep_ms, self.graph_timer
 
     @property
     def cuda(self) -> bool:

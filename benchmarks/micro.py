@@ -121,7 +121,7 @@ def _time_passes(
 ) -> None:
     """One row per pass of ``moved`` (pass -> bytes it must move): time, bandwidth, roofline."""
     for pass_name, nbytes in moved.items():
-        if pass_name == "backward" and ctx.timing[2]:
+        if pass_name == "backward" and ctx.graph_timer:
             ctx.add(section, **base, **{"pass": pass_name}, status="skipped", error=GRAPH_BACKWARD)
             continue
         try:

@@ -265,9 +265,7 @@ class InplaceAct(torch.autograd.Function):
         ctx.name, ctx.alpha = name, alpha
         return x
 
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        return _backward_with(ACT_BACKWARD)(ctx, grad)
+    backward = staticmethod(_backward_with(ACT_BACKWARD))
 
 
 def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False, bitmask: bool = False) -> torch.Tensor:
