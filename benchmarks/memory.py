@@ -2,7 +2,6 @@
 training forward. What autograd saves is the same on any device, so these are honest on the
 CPU too; times and peaks are labelled with the device they came from."""
 
-import contextlib
 from collections.abc import Callable
 
 import torch
@@ -38,34 +37,38 @@ def interior_block(norm_act: nn.Module, channels: int) -> nn.Sequential:
     )
 
 
-def _autocast(ctx: Context) -> contextlib.AbstractContextManager:
-    dtype = DTYPES[ctx.plan.block_dtype]
-    if dtype == torch.float32:
-        return contextlib.nullcontext()
-    return torch.autocast(ctx.device.type, dtype=dtype)
+class Autocast(nn.Module):
+    """``inner`` under autocast to ``dtype``, as in a training step (torch.nn's PReLU refuses
+    a bfloat16 input with its float32 weight outside autocast); ours ignores autocast."""
+
+    def __init__(self, inner: nn.Module, dtype: torch.dtype):
+        super().__init__()
+        self.inner, self.dtype = inner, dtype
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.inner(x)
 
 
 def _block_case(ctx: Context, provider: str, activation: str) -> dict:
     shape = ctx.plan.block_shape
+    dtype = DTYPES[ctx.plan.block_dtype]
     block = interior_block(BLOCK_PROVIDERS[provider](ACTIVATION_TABLE[activation], shape[1]), shape[1])
-    block = block.to(ctx.device).train()
+    block = Autocast(block, dtype).to(ctx.device).train()
     params = [*block.parameters(), *block.buffers()]
     gen = torch.Generator(device=ctx.device).manual_seed(ctx.plan.seed)
     # The input arrives in the compute dtype, as from the previous block: no cast to save.
-    x = torch.randn(shape, dtype=DTYPES[ctx.plan.block_dtype], device=ctx.device, generator=gen).requires_grad_()
-    with _autocast(ctx):
-        g = torch.randn_like(block(x))
+    x = torch.randn(shape, dtype=dtype, device=ctx.device, generator=gen).requires_grad_()
+    g = torch.randn_like(block(x))
     grads = (x, *block.parameters())
     with Peak(ctx.device) as peak:
-        with SavedTensors(exclude=[*params, x]) as saved, _autocast(ctx):
+        with SavedTensors(exclude=[*params, x]) as saved:
             y = block(x)
         torch.autograd.grad(y, grads, g)
     feature_bytes = y.numel() * y.element_size()
 
     def step() -> None:
-        with _autocast(ctx):
-            out = block(x)
-        torch.autograd.grad(out, grads, g)
+        torch.autograd.grad(block(x), grads, g)
 
     return dict(
         feature_bytes=feature_bytes,

@@ -9,7 +9,7 @@ from torch import nn
 
 from .core import Context, describe, fill_speedups
 from .measure import Peak, SavedTensors, back_to_back_ms, bench_ms, pool_size, release
-from .memory import BLOCK_PROVIDERS
+from .memory import BLOCK_PROVIDERS, Autocast
 from .plan import DTYPES, ShapeCase, parse_shapes
 from .providers import ACTIVATION_TABLE, OURS, PROVIDERS, moved_bytes
 
@@ -162,29 +162,16 @@ def run_micro(ctx: Context) -> None:
 BN_ACT_TENSORS = {"forward": 3, "backward": 5, "forward+backward": 8}
 
 
-class _Autocast(nn.Module):
-    """``inner`` under autocast to ``dtype``, as in a training step (torch.nn's PReLU refuses
-    a bfloat16 input with its float32 weight outside autocast); ours ignores autocast."""
-
-    def __init__(self, inner: nn.Module, dtype: torch.dtype):
-        super().__init__()
-        self.inner, self.dtype = inner, dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.autocast(x.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
-            return self.inner(x)
-
-
 def _bn_act_module(provider: str, activation: str, channels: int, dtype: torch.dtype) -> nn.Module:
     """Training-mode BatchNorm2d + activation: ours fused, torch.nn's pair, or that pair compiled."""
     act = ACTIVATION_TABLE[activation]
     if provider == OURS:
-        return _Autocast(BLOCK_PROVIDERS["bn_act"](act, channels), dtype)
+        return Autocast(BLOCK_PROVIDERS["bn_act"](act, channels), dtype)
     pair = BLOCK_PROVIDERS["eager"](act, channels)
     if provider == "compile":
         torch._dynamo.reset()  # as for the activations: a clean cache per case, static shapes
         pair = torch.compile(pair, dynamic=False)
-    return _Autocast(pair, dtype)
+    return Autocast(pair, dtype)
 
 
 def run_bn_act(ctx: Context) -> None:

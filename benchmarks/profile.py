@@ -24,7 +24,7 @@ from rtdetr_fused import SiLU
 from rtdetr_fused.bn_act import BatchNormAct2d
 
 from .measure import back_to_back_ms, sync
-from .micro import _Autocast
+from .memory import Autocast
 
 CASES: dict[str, dict[str, Callable[[int], nn.Module]]] = {
     "silu": {"ours": lambda c: SiLU(), "torch.nn": lambda c: nn.SiLU()},
@@ -79,7 +79,7 @@ def kernels(device: torch.device, out: list[str], maps: tuple[tuple[int, ...], .
     for case, providers in CASES.items():
         for shape in maps:
             for provider, build in providers.items():
-                module = _Autocast(build(shape[1]), dtype).to(device).train()
+                module = Autocast(build(shape[1]), dtype).to(device).train()
                 step = _step(module, shape, dtype, device)
                 step()
                 sync(device)
