@@ -163,7 +163,7 @@ def _storage_order(t: torch.Tensor) -> torch.Tensor:
 def _act_mask_cpu(x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     if interpreting():
         return _act_mask_triton(x, name, alpha)
-    out = torch.empty_like(dense(x)).copy_(SPECS[name].reference(x, alpha))
+    out = like(SPECS[name].reference(x, alpha), x)
     saved = out if SPECS[name].saves_output(alpha) else x
     one = SPECS[name].reference_backward(saved, torch.ones_like(saved), alpha) == 1
     flat = _storage_order(torch.empty_like(out, dtype=torch.bool).copy_(one))
