@@ -3,7 +3,8 @@
 ``SavedByModule`` is ``SavedTensors`` that also records, for each storage, the modules that
 were running when it was first saved (forward pre/post hooks keep the stack), so the total
 splits by model layer or module. ``python -m benchmarks.breakdown`` prints the split for
-RT-DETR-l, eager against ``fuse_bn`` (and its Conv blocks alone), as docs/memory.md quotes it.
+RT-DETR-l, eager against ``fuse_bn`` (its Conv blocks alone, all of it, and with
+``fuse_bn="recompute"``), as docs/memory.md quotes it.
 """
 
 import argparse
@@ -91,21 +92,22 @@ def module_path(stack: Stack) -> str:
 
 def _variants(activation: str) -> dict[str, nn.Module]:
     """Eager (torch.nn activations everywhere), ours with the Conv blocks' BatchNorm+activation
-    fused, and ours with ``fuse_bn=True`` (HGBlocks too)."""
+    fused, ours with ``fuse_bn=True`` (HGBlocks too) and with ``fuse_bn="recompute"``."""
     from rtdetr_fused.integrations.fuse_bn import FusedHGBlockForward
     from rtdetr_fused.integrations.ultralytics import replace_activations
 
     from .models import build, to_torch_nn
 
     base = build("rtdetr-l")
-    eager, convs, fused = copy.deepcopy(base), copy.deepcopy(base), base
+    eager, convs, fused, recompute = copy.deepcopy(base), copy.deepcopy(base), copy.deepcopy(base), base
     replace_activations(eager, activation, targets="all")
     for model in (convs, fused):
         replace_activations(model, activation, targets="all", fuse_bn=True)
+    replace_activations(recompute, activation, targets="all", fuse_bn="recompute")
     for m in convs.modules():
         if isinstance(vars(m).get("forward"), FusedHGBlockForward):
             del m.forward
-    return {"eager": to_torch_nn(eager), "Conv blocks fused": convs, "fuse_bn": fused}
+    return {"eager": to_torch_nn(eager), "Conv blocks fused": convs, "fuse_bn": fused, "recompute": recompute}
 
 
 def measure(models: dict[str, nn.Module], shape: tuple[int, ...]) -> dict[str, SavedByModule]:
@@ -121,7 +123,7 @@ def measure(models: dict[str, nn.Module], shape: tuple[int, ...]) -> dict[str, S
 
 
 def table(saved: dict[str, SavedByModule], key: Callable[[Stack], str], top: int) -> list[list[str]]:
-    """Rows ``key | MiB per variant | the last variant's bytes as a share of the first's total |
+    """Rows ``key | MiB per variant | each later variant's bytes as a share of the first's total |
     last - first``: the ``top`` largest (in any variant), the rest as ``other``, the total."""
     splits = [s.split(key) for s in saved.values()]
     total = sum(splits[0].values()) / 2**20
@@ -130,7 +132,8 @@ def table(saved: dict[str, SavedByModule], key: Callable[[Stack], str], top: int
     rows = []
     for label, members in groups:
         mib = [sum(split[k] for k in members) / 2**20 for split in splits]
-        rows.append([label, *(f"{m:.1f}" for m in mib), f"{100 * mib[-1] / total:.1f}%", f"{mib[-1] - mib[0]:+.1f}"])
+        shares = (f"{100 * m / total:.1f}%" for m in mib[1:])
+        rows.append([label, *(f"{m:.1f}" for m in mib), *shares, f"{mib[-1] - mib[0]:+.1f}"])
     return rows
 
 
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ["TRITON_INTERPRET"] = "0"  # the ops' PyTorch path on the CPU: the bytes are the same
     models = _variants(args.activation)
     names = list(models)
-    headers = [*(f"{n} MiB" for n in names), f"{names[-1]} / {names[0]} total", "change MiB"]
+    headers = [*(f"{n} MiB" for n in names), *(f"{n} / {names[0]} total" for n in names[1:]), "change MiB"]
     totals = []
     for spec in args.inputs.split(","):
         saved = measure(models, tuple(int(d) for d in spec.split("x")))

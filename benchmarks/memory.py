@@ -113,8 +113,8 @@ def _model_saved(ctx: Context, model: nn.Module) -> SavedTensors:
 
 def run_model(ctx: Context) -> None:
     """RT-DETR-l's training forward on a small image: bytes saved for backward for the stock
-    model and, per activation, with ours swapped in everywhere (alone, and with BatchNorm
-    fused into it) against torch.nn's."""
+    model and, per activation, with ours swapped in everywhere (alone, with BatchNorm fused into
+    it, and with the fused outputs recomputed in backward) against torch.nn's."""
     plan = ctx.plan
     name = "rtdetr-l"
     try:
@@ -124,7 +124,7 @@ def run_model(ctx: Context) -> None:
         return
     shape = "x".join(map(str, plan.model_input))
     stock_bytes = None
-    with ctx.task(f"model: {name} saved for backward", 1 + 3 * len(plan.activations)) as advance:
+    with ctx.task(f"model: {name} saved for backward", 1 + 4 * len(plan.activations)) as advance:
         for provider, activation, model, swapped in variants(base, plan.activations):
             row = dict(model=name, activation=activation, provider=provider, input_shape=shape, replaced=swapped)
             if isinstance(model, Exception):

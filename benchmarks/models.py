@@ -64,6 +64,9 @@ Variant = tuple[str, str | None, nn.Module | Exception, int | None]
 FUSE_BN = f"{OURS}+fuse_bn"
 """Ours with ``replace_activations(..., fuse_bn=True)``: BatchNorm fused into each Conv block's
 activation, and HGBlocks' concatenations not saved."""
+RECOMPUTE = f"{OURS}+recompute"
+"""Ours with ``fuse_bn="recompute"``: that, with each block's output recomputed in backward by
+the convs reading it instead of kept."""
 
 
 def _replaced(base: nn.Module, replace: Callable, activation: str, **kwargs) -> nn.Module | Exception:
@@ -79,9 +82,9 @@ def _replaced(base: nn.Module, replace: Callable, activation: str, **kwargs) -> 
 
 def variants(base: nn.Module, activations: tuple[str, ...]) -> Iterator[Variant]:
     """(provider, activation, model or the exception that prevented it, call sites swapped):
-    the stock model, then per activation ours (``targets="all"``), ours with ``fuse_bn=True``
-    and the torch.nn twin of ours. Each model is a fresh copy of ``base``, built on the host
-    before it is handed out."""
+    the stock model, then per activation ours (``targets="all"``), ours with ``fuse_bn=True`` and
+    with ``fuse_bn="recompute"``, and the torch.nn twin of ours. Each model is a fresh copy of
+    ``base``, built on the host before it is handed out."""
     yield "stock", None, copy.deepcopy(base), None
     for activation in activations:
         try:
@@ -91,7 +94,7 @@ def variants(base: nn.Module, activations: tuple[str, ...]) -> Iterator[Variant]
         else:
             ours = _replaced(base, replace, activation)
         if isinstance(ours, Exception):
-            for provider in (OURS, FUSE_BN, "eager"):
+            for provider in (OURS, FUSE_BN, RECOMPUTE, "eager"):
                 yield provider, activation, ours, None
             continue
         swapped = count_ours(ours)
@@ -99,6 +102,7 @@ def variants(base: nn.Module, activations: tuple[str, ...]) -> Iterator[Variant]
         yield OURS, activation, ours, swapped
         del ours
         yield FUSE_BN, activation, _replaced(base, replace, activation, fuse_bn=True), swapped
+        yield RECOMPUTE, activation, _replaced(base, replace, activation, fuse_bn="recompute"), swapped
         yield "eager", activation, eager, swapped
 
 

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.table import Table as RichTable
 
 from .core import ROW_FIELDS, Results, describe
-from .models import FUSE_BN
+from .models import FUSE_BN, RECOMPUTE
 from .providers import OURS, PROVIDERS
 
 MiB = 2**20
@@ -170,16 +170,16 @@ def model_table(results: Results, label: str) -> Table | None:
     if not rows:
         return None
     stock = [r for r in rows if r["provider"] == "stock" and r["status"] == "ok"]
-    ours = (OURS, FUSE_BN)
+    ours = (OURS, FUSE_BN, RECOMPUTE)
     headers = ["activation", "sites", "torch.nn saved", *(f"{p} saved" for p in ours)]
     headers += [*(f"{p} / torch.nn" for p in ours), f"{FUSE_BN} vs stock"]
-    table = [["(stock)", "-", fmib(stock[0]["saved_bytes"]) if stock else "-", "-", "-", "-", "-", "1.00x"]]
+    table = [["(stock)", "-", fmib(stock[0]["saved_bytes"]) if stock else "-", *["-"] * 2 * len(ours), "1.00x"]]
     for act in ordered({r["activation"] for r in rows if r["activation"]}, results.meta["plan"]["activations"]):
         by = {r["provider"]: r for r in rows if r["activation"] == act}
         eager, mine = by.get("eager"), by.get(OURS)
-        if not (eager and mine and eager["status"] == mine["status"] == "ok" and FUSE_BN in by):
+        if not (eager and mine and eager["status"] == mine["status"] == "ok" and all(p in by for p in ours)):
             why = next((r["error"] for r in (mine, eager) if r and r["error"]), "not measured")
-            table.append([act, "-", "-", "-", "-", why, "-", "-"])
+            table.append([act, "-", "-", *["-"] * len(ours), why, *["-"] * len(ours)])
             continue
         done = [by[p] if by[p]["status"] == "ok" else None for p in ours]
         table.append(
@@ -346,7 +346,7 @@ def findings(results: Results) -> list[str]:
             )
     training = ok(results, "training")
     for r in training:
-        if r["provider"] != FUSE_BN or not r["peak_bytes"]:
+        if r["provider"] not in (FUSE_BN, RECOMPUTE) or not r["peak_bytes"]:
             continue
         same = (r["model"], r["precision"], r["activation"])
         eager = [
@@ -355,7 +355,7 @@ def findings(results: Results) -> list[str]:
         if eager and eager[0]["peak_bytes"]:
             out.append(
                 f"{label}: {r['model']} {r['precision']} training step with {r['activation']}: peak memory with "
-                f"fuse_bn {fx(r['peak_bytes'] / eager[0]['peak_bytes'], 3)} of torch.nn's "
+                f"{r['provider']} {fx(r['peak_bytes'] / eager[0]['peak_bytes'], 3)} of torch.nn's "
                 f"({fmib(r['peak_bytes'])} vs {fmib(eager[0]['peak_bytes'])}), step "
                 f"{fnum(r['step_ms'])} ms vs {fnum(eager[0]['step_ms'])} ms."
             )

@@ -83,7 +83,7 @@ def run_training(ctx: Context) -> None:
     """Median step time and peak memory per model, precision and variant; ours against the
     torch.nn twin of the same swapped model (speedup_x on the torch.nn row)."""
     plan = ctx.plan
-    per_model = len(plan.precisions) * (2 + 3 * len(plan.train_activations))
+    per_model = len(plan.precisions) * (2 + 4 * len(plan.train_activations))
     with ctx.task("training steps", len(plan.models) * per_model) as advance:
         for name in plan.models:
             try:

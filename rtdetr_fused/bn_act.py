@@ -20,7 +20,8 @@ from .kernels import accumulate_dtype
 from .modules import get_activation
 from .ops import bn_act as _ops
 from .ops.activation import SPECS
-from .ops.common import check_float, check_same_device, exporting
+from .ops.common import check_float, check_same_device, compiling, exporting
+from .recompute import Recipe, tag
 
 
 def activation_spec(act: nn.Module) -> tuple[str, float, torch.Tensor | None] | None:
@@ -60,13 +61,16 @@ def batch_norm_act(
     act: str = "silu",
     alpha: float = 0.0,
     act_weight: torch.Tensor | None = None,
+    recompute: bool = False,
 ) -> torch.Tensor:
     """``act(F.batch_norm(input, ...))`` with F.batch_norm's arguments, in one fused op.
 
     ``act``: silu, mish, hardswish, leaky_relu, relu6, relu, gelu, gelu_tanh or prelu;
     ``alpha`` is LeakyReLU's slope; ``act_weight`` PReLU's weight (one, or one per channel).
     ``training=True`` normalizes with the batch statistics and updates the running ones when
-    given (``momentum`` is the update factor).
+    given (``momentum`` is the update factor). ``recompute=True`` tags the output so that our
+    ops reading it (``cat_conv.conv2d``, ``cat_conv2d``, ``max_pool2d``) recompute it in
+    backward instead of keeping it (``rtdetr_fused.recompute``; eager autograd only).
     """
     check_float(input, "input")
     if input.dim() != 4:
@@ -99,12 +103,19 @@ def batch_norm_act(
     bias = bias.reshape(c).contiguous() if bias is not None else input.new_zeros(c, dtype=acc)
     if act_weight is not None:
         act_weight = act_weight.reshape(-1).expand(c).contiguous()  # autograd sums a shared weight's grad
-    return _ops.BN_ACT(input, mean, invstd, weight, bias, act_weight, training, act, float(alpha))
+    tensors, args = (input, mean, invstd, weight, bias, act_weight), (training, act, float(alpha))
+    out = _ops.BN_ACT(*tensors, *args)
+    if recompute and out.requires_grad and not compiling():
+        tag(out, Recipe(tensors, args))
+    return out
 
 
-def batch_norm_act_module(bn: nn.BatchNorm2d, act: nn.Module, input: torch.Tensor) -> torch.Tensor:
+def batch_norm_act_module(
+    bn: nn.BatchNorm2d, act: nn.Module, input: torch.Tensor, recompute: bool = False
+) -> torch.Tensor:
     """``act(bn(input))`` fused, with ``bn``'s module semantics (``num_batches_tracked``,
-    ``momentum=None``, eval mode, ``track_running_stats``), as ``_BatchNorm.forward`` does."""
+    ``momentum=None``, eval mode, ``track_running_stats``), as ``_BatchNorm.forward`` does;
+    ``recompute`` as in ``batch_norm_act``."""
     spec = activation_spec(act)
     if spec is None:
         raise ValueError(f"act {type(act).__name__} is not supported; see activation_spec")
@@ -128,6 +139,7 @@ def batch_norm_act_module(bn: nn.BatchNorm2d, act: nn.Module, input: torch.Tenso
         name,
         alpha,
         act_weight,
+        recompute,
     )
 
 

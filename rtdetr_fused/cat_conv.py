@@ -7,6 +7,10 @@ the same convolution but saves the pieces and concatenates them again in backwar
 copy lives only until the convolution's gradients are computed. Forward and gradients are
 those of ``conv(torch.cat(pieces, 1))``, bit for bit: the same aten convolution and
 convolution_backward run on the same concatenation.
+
+A piece tagged by ``batch_norm_act(..., recompute=True)`` is kept as its recipe and recomputed
+in backward (``rtdetr_fused.recompute``); ``conv2d`` is the one-piece case, for a Conv block
+reading the previous block's output.
 """
 
 from collections.abc import Sequence
@@ -16,24 +20,28 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from .recompute import keep, recipe_of, restore
+
 
 class _CatConv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight, bias, stride, padding, dilation, groups, *pieces):
-        out = F.conv2d(torch.cat(pieces, 1), weight, bias, stride, padding, dilation, groups)
+        out = F.conv2d(_cat(pieces), weight, bias, stride, padding, dilation, groups)
         ctx.conv = (stride, padding, dilation, groups)
         ctx.dtype = out.dtype  # autocast runs the convolution in its own dtype: backward does too
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        ctx.save_for_backward(weight, *pieces)
+        kept, ctx.plans = keep(pieces)
+        ctx.save_for_backward(weight, *kept)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        weight, *pieces = ctx.saved_tensors
+        weight, *kept = ctx.saved_tensors
+        pieces = restore(kept, ctx.plans)
         stride, padding, dilation, groups = ctx.conv
         needs = ctx.needs_input_grad
-        x = torch.cat(pieces, 1).to(ctx.dtype)
+        x = _cat(pieces).to(ctx.dtype)
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
             grad,
             x,
@@ -62,9 +70,28 @@ class _CatConv2d(torch.autograd.Function):
         )
 
 
+def _cat(pieces: Sequence[torch.Tensor]) -> torch.Tensor:
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces, 1)
+
+
 def cat_conv2d(pieces: Sequence[torch.Tensor], conv: nn.Conv2d) -> torch.Tensor:
     """``conv(torch.cat(pieces, 1))``, saving ``pieces`` for backward instead of their
     concatenation. ``conv`` must pad with zeros (the default ``padding_mode``)."""
-    if conv.padding_mode != "zeros" or isinstance(conv.padding, str):
+    if not plain_conv2d(conv):
         raise ValueError("cat_conv2d needs padding_mode='zeros' and numeric padding")
     return _CatConv2d.apply(conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups, *pieces)
+
+
+def plain_conv2d(conv: nn.Module) -> bool:
+    """A plain ``nn.Conv2d`` that ``cat_conv2d`` can run: zero padding given as numbers."""
+    return (
+        type(conv).forward is nn.Conv2d.forward and conv.padding_mode == "zeros" and not isinstance(conv.padding, str)
+    )
+
+
+def conv2d(x: torch.Tensor, conv: nn.Module) -> torch.Tensor:
+    """``conv(x)``, keeping the recipe of a tagged ``x`` (``rtdetr_fused.recompute``) for backward
+    instead of ``x``: ``cat_conv2d`` of one piece, the same convolution."""
+    if recipe_of(x) is None or not torch.is_grad_enabled() or not plain_conv2d(conv):
+        return conv(x)
+    return cat_conv2d([x], conv)

@@ -1,7 +1,7 @@
 """``rtdetr-fused`` (also ``python -m rtdetr_fused``): train with fused activations, convert checkpoints, and
 report a model's activation sites.
 
-    rtdetr-fused train model=rtdetr-l.yaml data=coco8.yaml act=mish [targets=all] [fuse_bn=True] [epochs=...]
+    rtdetr-fused train model=rtdetr-l.yaml data=coco8.yaml act=mish [targets=all] [fuse_bn=True|recompute] [epochs=...]
     rtdetr-fused convert runs/detect/train/weights/best.pt best-torch.pt [--to torch|fused]
     rtdetr-fused info model=rtdetr-l.yaml
 
@@ -37,6 +37,11 @@ def _names(value: Any) -> str | tuple[str, ...]:
     return names[0] if names == ("all",) else tuple(n for n in names if n)
 
 
+def _fuse_bn(value: Any) -> bool | str:
+    """``fuse_bn=True``, ``fuse_bn=False`` or ``fuse_bn=recompute`` (other values fail in FusedActivations)."""
+    return "recompute" if str(value).lower() == "recompute" else value
+
+
 def _train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
     from .integrations.ultralytics import FusedActivations, train
 
@@ -49,7 +54,7 @@ def _train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
     except ValueError as e:
         parser.error(f"act: {e}")
     config = dict(act=act, act_kwargs={k: args.pop(k) for k in list(args) if k in params})
-    config.update(targets=_names(args.pop("targets", "SiLU")), fuse_bn=bool(args.pop("fuse_bn", False)))
+    config.update(targets=_names(args.pop("targets", "SiLU")), fuse_bn=_fuse_bn(args.pop("fuse_bn", False)))
     try:
         FusedActivations(**config)  # names and arguments checked before any model loads
     except (ValueError, TypeError) as e:

@@ -93,7 +93,12 @@ def test_quick_cpu_run_writes_every_output(tmp_path):
     assert set(UNITS) == set(data["units"])
     model = {(r["activation"], r["provider"]): r["saved_bytes"] for r in sections["model"]["rows"]}
     for act in ("silu", "prelu"):  # fusing BatchNorm into the activation saves less than either alone
-        assert model[act, models.FUSE_BN] < model[act, "rtdetr_fused"] == model[act, "eager"]
+        assert (
+            model[act, models.RECOMPUTE]
+            < model[act, models.FUSE_BN]
+            < model[act, "rtdetr_fused"]
+            == model[act, "eager"]
+        )
     micro = [r for r in sections["micro"]["rows"] if r["status"] == "ok"]
     assert {r["provider"] for r in micro} == {"rtdetr_fused", "eager", "formula"}
     for r in micro:  # float32, one PReLU weight per channel
@@ -151,7 +156,7 @@ def test_missing_integration_skips_model_rows(tmp_path, monkeypatch):
     data = run(tmp_path, "--quick", "--sections", "model", "--activations", "relu6")
     rows = {r["provider"]: r for r in data["sections"]["model"]["rows"]}
     assert rows["stock"]["status"] == "ok" and rows["stock"]["saved_bytes"] > 0
-    for provider in ("rtdetr_fused", models.FUSE_BN, "eager"):
+    for provider in ("rtdetr_fused", models.FUSE_BN, models.RECOMPUTE, "eager"):
         assert rows[provider]["status"] == "skipped" and "not importable" in rows[provider]["error"]
 
 

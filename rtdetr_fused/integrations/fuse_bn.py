@@ -25,28 +25,38 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..bn_act import activation_spec, batch_norm_act_module
-from ..cat_conv import cat_conv2d
+from ..cat_conv import cat_conv2d, conv2d, plain_conv2d
 from ..max_pool import max_pool2d
 from ..ops.common import exporting
 
 
 class _FusedForward:
     """A block's replacement ``forward``, reading the block's modules at each call (a later
-    ``block.act = ...`` is seen). A class, not a closure, so it pickles."""
+    ``block.act = ...`` is seen). A class, not a closure, so it pickles. With ``recompute``, the
+    block's fused BatchNorm+activation outputs are recomputed in backward by the ops of ours that
+    read them, instead of kept (``rtdetr_fused.recompute``)."""
 
-    def __init__(self, block: nn.Module) -> None:
+    recompute = False  # what forwards pickled before the option unpickle with
+
+    def __init__(self, block: nn.Module, recompute: bool = False) -> None:
         self.block = block
+        self.recompute = recompute
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({type(self.block).__name__})"
+        return f"{type(self).__name__}({type(self.block).__name__}{', recompute' if self.recompute else ''})"
 
 
 class FusedConvForward(_FusedForward):
-    """``act(bn(conv(x)))`` of a Conv block with BN and activation fused."""
+    """``act(bn(conv(x)))`` of a Conv block with BN and activation fused. With ``recompute`` the
+    conv keeps a recomputable input's recipe (``cat_conv.conv2d``); blocks whose activation is not
+    fusable (``nn.Identity``) get this forward only then, and keep eager BN."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
-        return batch_norm_act_module(block.bn, block.act, block.conv(x))
+        y = conv2d(x, block.conv) if self.recompute else block.conv(x)
+        if activation_spec(block.act) is None:
+            return block.act(block.bn(y))
+        return batch_norm_act_module(block.bn, block.act, y, self.recompute)
 
 
 class FusedHGBlockForward(_FusedForward):
@@ -63,7 +73,10 @@ class FusedHGBlockForward(_FusedForward):
         y = [x]
         y.extend(m(y[-1]) for m in block.m)
         z = cat_conv2d(y, sc.conv)
-        z = batch_norm_act_module(sc.bn, sc.act, z) if activation_spec(sc.act) else sc.act(sc.bn(z))
+        if activation_spec(sc.act):
+            z = batch_norm_act_module(sc.bn, sc.act, z, self.recompute)
+        else:
+            z = sc.act(sc.bn(z))
         z = block.ec(z)
         return z + x if block.add else z
 
@@ -118,37 +131,44 @@ def _hg_block(module: nn.Module) -> bool:
         type(module).forward is _ultralytics("block", "HGBlock")
         and isinstance(sc, nn.Module)
         and _conv_block(sc)
-        and isinstance(sc.conv, nn.Conv2d)
-        and sc.conv.padding_mode == "zeros"
-        and not isinstance(sc.conv.padding, str)
+        and plain_conv2d(sc.conv)
     )
 
 
 FORWARDS = {
-    FusedConvForward: lambda m: _conv_block(m) and activation_spec(m.act) is not None,
-    FusedHGBlockForward: _hg_block,
-    MaxPoolForward: _stride_one_max_pool,
+    FusedConvForward: lambda m, recompute: _conv_block(m) and (recompute or activation_spec(m.act) is not None),
+    FusedHGBlockForward: lambda m, recompute: _hg_block(m),
+    MaxPoolForward: lambda m, recompute: _stride_one_max_pool(m),
 }
-"""Each fused forward and the blocks it applies to."""
+"""Each fused forward and the blocks it applies to, without and with ``recompute``."""
 
 
-def fusable(module: nn.Module) -> type[_FusedForward] | None:
+def fusable(module: nn.Module, recompute: bool = False) -> type[_FusedForward] | None:
     """The fused forward ``fuse_bn_act`` would give ``module``, or None (not a qualifying block,
     already fused, or folded by ``model.fuse()``)."""
     if "forward" in vars(module):
         return None
-    return next((forward for forward, applies in FORWARDS.items() if applies(module)), None)
+    return next((forward for forward, applies in FORWARDS.items() if applies(module, recompute)), None)
 
 
-def fuse_bn_act(module: nn.Module) -> int:
+def fuse_bn_act(module: nn.Module, recompute: bool = False) -> int:
     """Make every qualifying block in ``module`` run conv -> fused BN+activation, every
     qualifying HGBlock save its pieces instead of their concatenation and every stride-1 max
     pool its input instead of indices; returns how many modules changed.
-    Conv blocks whose ``act`` is ``nn.Identity`` or unsupported keep eager BN."""
-    blocks = [(m, forward) for m in module.modules() if (forward := fusable(m))]
+    Conv blocks whose ``act`` is ``nn.Identity`` or unsupported keep eager BN.
+
+    ``recompute=True`` also has the convs, HGBlock concatenations and max pools recompute
+    the fused BatchNorm+activation outputs they read in backward instead of keeping them (one
+    full tensor per Conv block instead of two, for one more pass over each in backward); Conv
+    blocks with eager BN then get a fused forward too, for their conv. Blocks already fused
+    switch to ``recompute`` (and count as changed when they do)."""
+    switched = [m for m in module.modules() if _fused(m) and m.forward.recompute != recompute]
+    for block in switched:
+        block.forward.recompute = recompute
+    blocks = [(m, forward) for m in module.modules() if (forward := fusable(m, recompute))]
     for block, forward in blocks:
-        block.forward = forward(block)
-    return len(blocks)
+        block.forward = forward(block, recompute)
+    return len(switched) + len(blocks)
 
 
 def unfuse_bn_act(module: nn.Module) -> int:

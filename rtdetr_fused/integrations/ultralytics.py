@@ -31,7 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -139,10 +139,21 @@ def _target_types(targets: str | Iterable[str]) -> set[type[nn.Module]]:
     return {c for r in resolved for c in (FUSED[r], TORCH_OF[FUSED[r]])}
 
 
-def _fuse_bn(model: nn.Module) -> int:
+FuseBN = bool | Literal["recompute"]
+"""``fuse_bn``: False; True (conv -> fused BatchNorm+activation, ``fuse_bn_act``); ``"recompute"``
+(that, with the block outputs recomputed in backward instead of kept: ``fuse_bn_act(model,
+recompute=True)``)."""
+
+
+def _check_fuse_bn(fuse_bn: FuseBN) -> None:
+    if not (isinstance(fuse_bn, bool) or fuse_bn == "recompute"):
+        raise ValueError(f"fuse_bn must be True, False or 'recompute', got {fuse_bn!r}")
+
+
+def _fuse_bn(model: nn.Module, fuse_bn: FuseBN) -> int:
     from .fuse_bn import fuse_bn_act  # fused BatchNorm + activation: a separate integration
 
-    return fuse_bn_act(model)
+    return fuse_bn_act(model, recompute=fuse_bn == "recompute")
 
 
 def activation_sites(model: nn.Module) -> dict[str, int]:
@@ -155,15 +166,17 @@ def replace_activations(
     model: nn.Module,
     act: str = "silu",
     targets: str | Iterable[str] = ("SiLU",),
-    fuse_bn: bool = False,
+    fuse_bn: FuseBN = False,
     **act_kwargs: Any,
 ) -> Counts:
     """Replaces in place every activation of ``model`` (an Ultralytics ``Model`` or any module) whose type is in
     ``targets`` with ``act`` (``ACTIVATIONS`` names; ``act_kwargs`` go to its constructor), one module per
     site. PReLU gets one weight per channel of the layer it follows unless ``num_parameters`` is given.
-    Returns the counts by (old type, new type); warns and returns ``{}`` when nothing matches."""
+    ``fuse_bn`` (True or ``"recompute"``, see ``FuseBN``) then fuses the Conv blocks' BatchNorm. Returns the
+    counts by (old type, new type); warns and returns ``{}`` when nothing matches."""
     spec = _Act.named(act, act_kwargs)
     types = _target_types(targets)
+    _check_fuse_bn(fuse_bn)
     counts = _swap(model, lambda m: spec if type(m) in types and (type(m) is not spec.cls or spec.kwargs) else None)
     if not counts:
         names = sorted({t.__name__ for t in types})
@@ -171,7 +184,7 @@ def replace_activations(
             f"{type(model).__name__} has no activation of types {names} to replace with {act!r}", stacklevel=2
         )
     if fuse_bn:
-        _fuse_bn(model)
+        _fuse_bn(model, fuse_bn)
     return counts
 
 
@@ -268,7 +281,7 @@ def _own_act_init(init: Callable, select: Callable[[nn.Module], _Act | None]) ->
 class UltralyticsPatch:
     """What ``patch_ultralytics`` returns: ``unpatch()`` it, or use it as a context manager."""
 
-    def __init__(self, act: _Act, fuse_bn: bool):
+    def __init__(self, act: _Act, fuse_bn: FuseBN):
         self.act, self.fuse_bn = act, fuse_bn
         classes = default_act_classes()
         # The default_act instances, by identity: slots holding one were built from a default. A YAML's
@@ -292,7 +305,7 @@ class UltralyticsPatch:
             )
         _swap(layers, self._select)  # slots set after __init__, e.g. parse_model's SPPF cv1.act = Conv.default_act
         if self.fuse_bn:
-            _fuse_bn(layers)
+            _fuse_bn(layers, self.fuse_bn)
 
     @property
     def active(self) -> bool:
@@ -315,13 +328,15 @@ class UltralyticsPatch:
 _active: UltralyticsPatch | None = None
 
 
-def patch_ultralytics(act: str = "silu", fuse_bn: bool = False, **act_kwargs: Any) -> UltralyticsPatch:
+def patch_ultralytics(act: str = "silu", fuse_bn: FuseBN = False, **act_kwargs: Any) -> UltralyticsPatch:
     """From now on every Ultralytics layer built with a ``default_act`` (Conv, RepConv, ConvTranspose and any
     other in ``ultralytics.nn.modules``) gets its own ``act`` module (PReLU: one weight per output channel
-    unless ``num_parameters=1``); with ``fuse_bn``, every model built is also passed to ``fuse_bn_act``. A model
-    YAML's ``activation:`` still wins inside that model (with a warning). Replaces an earlier patch."""
+    unless ``num_parameters=1``); with ``fuse_bn`` (``FuseBN``), every model built is also passed to
+    ``fuse_bn_act``. A model YAML's ``activation:`` still wins inside that model (with a warning). Replaces an
+    earlier patch."""
     global _active
     spec = _Act.named(act, act_kwargs)
+    _check_fuse_bn(fuse_bn)
     unpatch_ultralytics()
     _active = UltralyticsPatch(spec, fuse_bn)
     return _active
@@ -347,12 +362,13 @@ class FusedActivations:
 
     act: str = "silu"
     targets: str | tuple[str, ...] = ("SiLU",)
-    fuse_bn: bool = False
+    fuse_bn: FuseBN = False
     act_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _Act.named(self.act, self.act_kwargs)  # bad names fail here, before any training starts
         _target_types(self.targets)
+        _check_fuse_bn(self.fuse_bn)
 
     @contextlib.contextmanager
     def building(self) -> Iterator[None]:
@@ -438,7 +454,7 @@ def train(
     model: str | Path | Any,
     act: str = "silu",
     targets: str | Iterable[str] = ("SiLU",),
-    fuse_bn: bool = False,
+    fuse_bn: FuseBN = False,
     act_kwargs: dict[str, Any] | None = None,
     **train_args: Any,
 ) -> Any:

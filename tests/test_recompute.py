@@ -1,0 +1,221 @@
+"""fuse_bn="recompute": convs, HGBlock concatenations and max pools keep a fused BatchNorm+
+activation output's recipe instead of the output and recompute it in backward. Outputs and
+gradients must be those of fuse_bn=True bit for bit (the same kernels on the same tensors); the
+saved bytes fall to one full tensor per Conv block.
+"""
+
+import copy
+import io
+
+import pytest
+import torch
+import torch.nn.functional as F
+from test_bn_act import saved_per_block
+from torch import nn
+
+from benchmarks.measure import SavedTensors
+from rtdetr_fused.bn_act import batch_norm_act
+from rtdetr_fused.cat_conv import cat_conv2d, conv2d
+from rtdetr_fused.max_pool import max_pool2d
+from rtdetr_fused.recompute import recipe_of
+
+DTYPES = [torch.float64, torch.float32]
+
+
+def _bn_act(y: torch.Tensor, recompute: bool, act: str = "silu") -> torch.Tensor:
+    c = y.shape[1]
+    weight = torch.linspace(0.5, 1.5, c, dtype=y.dtype).requires_grad_(True)
+    bias = torch.linspace(-0.2, 0.2, c, dtype=y.dtype).requires_grad_(True)
+    act_weight = torch.full((c,), 0.25, dtype=y.dtype) if act == "prelu" else None
+    return batch_norm_act(y, None, None, weight, bias, True, act=act, act_weight=act_weight, recompute=recompute)
+
+
+def _run(consume, y0: torch.Tensor, recompute: bool, act: str = "silu"):
+    """(output, grad of y, bytes saved) of ``consume(bn_act(y))``, y a leaf copy of ``y0``."""
+    y = y0.clone().requires_grad_(True)
+    with SavedTensors(exclude=[y]) as saved:
+        out = consume(_bn_act(y, recompute, act))
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape))
+    return out.detach(), y.grad, saved.nbytes
+
+
+def _conv(c: int, dtype: torch.dtype, **kwargs) -> nn.Conv2d:
+    torch.manual_seed(0)
+    return nn.Conv2d(c, 6, 3, padding=1, bias=False, dtype=dtype, **kwargs)
+
+
+CONSUMERS = {
+    "conv": lambda conv: lambda x: conv2d(x, conv),
+    "chunk view": lambda conv: lambda x: conv2d(x.chunk(2, 1)[1], conv),
+    "cat": lambda conv: lambda x: cat_conv2d([x[:, :4], torch.ones_like(x[:, :4])], conv),
+    "max pool": lambda conv: lambda x: max_pool2d(x, 3, 1, 1),
+}
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("consumer", list(CONSUMERS))
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+def test_consumers_recompute_bit_for_bit(consumer, dtype, channels_last):
+    """Through the Triton interpreter: the same output and input gradient as keeping the
+    activation, and less saved (the output is not kept)."""
+    y0 = torch.randn(2, 8, 5, 7, dtype=dtype)
+    if channels_last:
+        y0 = y0.to(memory_format=torch.channels_last)
+    conv = _conv(4 if consumer == "chunk view" else 8, dtype)
+    consume = CONSUMERS[consumer](conv)
+    out_kept, grad_kept, kept = _run(consume, y0, recompute=False)
+    weight_grad = conv.weight.grad.clone() if conv.weight.grad is not None else None
+    conv.weight.grad = None
+    out, grad, saved = _run(consume, y0, recompute=True)
+    assert torch.equal(out, out_kept) and torch.equal(grad, grad_kept)
+    if weight_grad is not None:
+        assert torch.equal(conv.weight.grad, weight_grad)
+    assert saved < kept
+
+
+@pytest.mark.parametrize("act", ["prelu", "relu6", "gelu"])
+def test_recompute_with_other_activations(act, pytorch_path):
+    y0 = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    conv = _conv(8, torch.float64)
+    consume = CONSUMERS["conv"](conv)
+    out_kept, grad_kept, _ = _run(consume, y0, False, act)
+    out, grad, _ = _run(consume, y0, True, act)
+    assert torch.equal(out, out_kept) and torch.equal(grad, grad_kept)
+
+
+def test_matches_plain_conv_and_gradcheck(pytorch_path):
+    """conv2d is F.conv2d: against it directly, and gradcheck through the recompute."""
+    conv = _conv(8, torch.float64)
+    y = torch.randn(2, 8, 4, 3, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(conv2d(_bn_act(y, True), conv), F.conv2d(_bn_act(y, False), conv.weight, padding=1))
+    assert torch.autograd.gradcheck(lambda t: conv2d(_bn_act(t, True), conv), (y,))
+
+
+def test_tags_only_in_eager_training(pytorch_path):
+    y = torch.randn(2, 4, 3, 3, requires_grad=True)
+    assert recipe_of(_bn_act(y, True)) is not None and recipe_of(_bn_act(y, True)[:, 1:]) is not None
+    assert recipe_of(_bn_act(y, False)) is None
+    with torch.no_grad():
+        assert recipe_of(_bn_act(y, True)) is None
+    conv = _conv(4, torch.float32)
+    with torch.no_grad():  # an untagged input: the module itself runs
+        torch.testing.assert_close(conv2d(y, conv), conv(y))
+
+
+def test_padding_modes_other_than_zeros_keep_the_input(pytorch_path):
+    conv = _conv(8, torch.float64, padding_mode="reflect")
+    y0 = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    out, grad, saved = _run(CONSUMERS["conv"](conv), y0, recompute=True)
+    out_kept, grad_kept, kept = _run(CONSUMERS["conv"](conv), y0, recompute=False)
+    assert torch.equal(out, out_kept) and torch.equal(grad, grad_kept) and saved == kept
+
+
+# --- Ultralytics ---------------------------------------------------------------------------------
+
+ultralytics = pytest.importorskip("ultralytics")
+
+from ultralytics.nn.modules import Conv  # noqa: E402
+from ultralytics.nn.tasks import DetectionModel  # noqa: E402
+
+from rtdetr_fused.integrations.fuse_bn import FusedConvForward, fuse_bn_act  # noqa: E402
+from rtdetr_fused.integrations.ultralytics import FusedActivations, replace_activations  # noqa: E402
+
+
+def _same_step(a: nn.Module, b: nn.Module, x: torch.Tensor) -> None:
+    """One training step of each: outputs, grads (None where the other's is None too), buffers."""
+    from test_fuse_bn import _step
+
+    for ta, tb in zip(_step(a, x), _step(b, x), strict=True):
+        assert (ta is None and tb is None) or torch.equal(ta, tb)
+
+
+def test_interior_conv_block_keeps_one_tensor():
+    def block():
+        conv = Conv(8, 8, 3, act=nn.SiLU())
+        fuse_bn_act(conv, recompute=True)
+        return conv
+
+    x = torch.randn(2, 8, 6, 6, requires_grad=True)
+    assert saved_per_block(block, x) <= 1.1  # the conv output, mean and 1/std
+
+
+def test_yolo_matches_fuse_bn_bit_for_bit(pytorch_path):
+    """YOLO11n, float64, two training steps (running statistics too): recompute changes nothing
+    but what is kept."""
+    torch.manual_seed(0)
+    fused = DetectionModel("yolo11n.yaml", verbose=False).double().train()
+    recomputed = copy.deepcopy(fused)
+    fuse_bn_act(fused)
+    n = fuse_bn_act(recomputed, recompute=True)
+    assert all(m.forward.recompute for m in recomputed.modules() if "forward" in vars(m))
+    assert n > len([m for m in fused.modules() if "forward" in vars(m)])  # act-less Conv blocks too
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    for _ in range(2):
+        _same_step(recomputed, fused, x)
+
+
+def test_kernels_through_interpreter():
+    blocks = nn.Sequential(Conv(3, 4, 3, act=nn.SiLU()), Conv(4, 4, 1, act=False), Conv(4, 4, 3, act=nn.PReLU(4)))
+    blocks = blocks.double()
+    recomputed = copy.deepcopy(blocks)
+    fuse_bn_act(blocks)
+    fuse_bn_act(recomputed, recompute=True)
+    x = torch.randn(2, 3, 5, 6, dtype=torch.float64).to(memory_format=torch.channels_last)
+    _same_step(recomputed, blocks, x)
+
+
+def test_the_option_switches_and_pickles(pytorch_path):
+    model = nn.Sequential(Conv(3, 4, 3, act=nn.SiLU()), Conv(4, 4, 1, act=False))
+    replace_activations(model, "mish", fuse_bn="recompute")
+    forwards = [vars(m)["forward"] for m in model]
+    assert all(isinstance(f, FusedConvForward) and f.recompute for f in forwards)
+    assert "recompute" in repr(forwards[0])
+    loaded = torch.load(io.BytesIO(_saved(model)), weights_only=False)
+    assert all(vars(m)["forward"].recompute for m in loaded)
+    assert fuse_bn_act(model, recompute=False) == 2 and not any(f.recompute for f in forwards)
+    del forwards[0].__dict__["recompute"]  # as pickled before the option: the class default
+    assert forwards[0].recompute is False
+
+
+def _saved(model: nn.Module) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("bad", ["yes", 1, None])
+def test_bad_fuse_bn_values_name_the_argument(bad):
+    model = nn.Sequential(Conv(3, 4, 3, act=nn.SiLU()))
+    with pytest.raises(ValueError, match="fuse_bn"):
+        replace_activations(model, "mish", fuse_bn=bad)
+    with pytest.raises(ValueError, match="fuse_bn"):
+        FusedActivations("mish", fuse_bn=bad)
+
+
+def test_cli_reads_recompute():
+    from rtdetr_fused.cli import _fuse_bn
+
+    assert _fuse_bn("Recompute") == "recompute" and _fuse_bn(True) is True and _fuse_bn("maybe") == "maybe"
+
+
+def test_compiles_in_one_graph(pytorch_path):
+    """Under torch.compile nothing is tagged: the compiled graph decides what it keeps."""
+    from ultralytics.nn.modules import HGBlock
+
+    torch.manual_seed(0)
+    blocks = nn.Sequential(
+        Conv(3, 8, 3, act=nn.SiLU()), HGBlock(8, 4, 16, 3, 2, act=nn.SiLU()), nn.MaxPool2d(3, 1, 1), Conv(16, 8, 3)
+    )
+    eager = copy.deepcopy(blocks)
+    fuse_bn_act(blocks, recompute=True)
+    x = torch.randn(2, 3, 8, 8)
+    explanation = torch._dynamo.explain(blocks)(x)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0
+    compiled = torch.compile(blocks, fullgraph=True, backend="aot_eager")
+    grads = []
+    for model in (compiled, eager):
+        xr = x.clone().requires_grad_()
+        model(xr).sum().backward()
+        grads.append(xr.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-5)
+    torch._dynamo.reset()
