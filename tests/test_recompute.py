@@ -19,14 +19,14 @@ from rtdetr_fused.cat_conv import cat_conv2d, conv2d
 from rtdetr_fused.max_pool import max_pool2d
 from rtdetr_fused.recompute import recipe_of
 
-DTYPES = [torch.float64, torch.float32]
+DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 
 
 def _bn_act(y: torch.Tensor, recompute: bool, act: str = "silu") -> torch.Tensor:
-    c = y.shape[1]
-    weight = torch.linspace(0.5, 1.5, c, dtype=y.dtype).requires_grad_(True)
-    bias = torch.linspace(-0.2, 0.2, c, dtype=y.dtype).requires_grad_(True)
-    act_weight = torch.full((c,), 0.25, dtype=y.dtype) if act == "prelu" else None
+    c, like = y.shape[1], dict(dtype=y.dtype, device=y.device)
+    weight = torch.linspace(0.5, 1.5, c, **like).requires_grad_(True)
+    bias = torch.linspace(-0.2, 0.2, c, **like).requires_grad_(True)
+    act_weight = torch.full((c,), 0.25, **like) if act == "prelu" else None
     return batch_norm_act(y, None, None, weight, bias, True, act=act, act_weight=act_weight, recompute=recompute)
 
 
@@ -35,13 +35,13 @@ def _run(consume, y0: torch.Tensor, recompute: bool, act: str = "silu"):
     y = y0.clone().requires_grad_(True)
     with SavedTensors(exclude=[y]) as saved:
         out = consume(_bn_act(y, recompute, act))
-    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape))
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype, device=out.device).view(out.shape))
     return out.detach(), y.grad, saved.nbytes
 
 
-def _conv(c: int, dtype: torch.dtype, **kwargs) -> nn.Conv2d:
+def _conv(c: int, dtype: torch.dtype, device: str = "cpu", **kwargs) -> nn.Conv2d:
     torch.manual_seed(0)
-    return nn.Conv2d(c, 6, 3, padding=1, bias=False, dtype=dtype, **kwargs)
+    return nn.Conv2d(c, 6, 3, padding=1, bias=False, dtype=dtype, device=device, **kwargs)
 
 
 CONSUMERS = {
@@ -55,13 +55,15 @@ CONSUMERS = {
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("consumer", list(CONSUMERS))
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
-def test_consumers_recompute_bit_for_bit(consumer, dtype, channels_last):
-    """Through the Triton interpreter: the same output and input gradient as keeping the
-    activation, and less saved (the output is not kept)."""
-    y0 = torch.randn(2, 8, 5, 7, dtype=dtype)
+def test_consumers_recompute_bit_for_bit(consumer, dtype, channels_last, device, monkeypatch):
+    """The Triton kernels (the interpreter on the CPU): the same output and gradients as keeping
+    the activation, and less saved (the output is not kept). cuDNN runs its deterministic
+    algorithms, as the same inputs must give the same bits."""
+    monkeypatch.setattr(torch.backends.cudnn, "deterministic", True)
+    y0 = torch.randn(2, 8, 5, 7, dtype=dtype, device=device)
     if channels_last:
         y0 = y0.to(memory_format=torch.channels_last)
-    conv = _conv(4 if consumer == "chunk view" else 8, dtype)
+    conv = _conv(4 if consumer == "chunk view" else 8, dtype, device)
     consume = CONSUMERS[consumer](conv)
     out_kept, grad_kept, kept = _run(consume, y0, recompute=False)
     weight_grad = conv.weight.grad.clone() if conv.weight.grad is not None else None
