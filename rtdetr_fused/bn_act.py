@@ -21,7 +21,7 @@ from .modules import get_activation
 from .ops import bn_act as _ops
 from .ops.activation import SPECS
 from .ops.common import check_float, check_same_device, compiling, exporting
-from .recompute import Recipe, tag
+from .recompute import tag
 
 
 def activation_spec(act: nn.Module) -> tuple[str, float, torch.Tensor | None] | None:
@@ -106,7 +106,7 @@ def batch_norm_act(
     tensors, args = (input, mean, invstd, weight, bias, act_weight), (training, act, float(alpha))
     out = _ops.BN_ACT(*tensors, *args)
     if recompute and out.requires_grad and not compiling():
-        tag(out, Recipe(tensors, args))
+        tag(out, _ops.BN_ACT.direct, tensors, args)
     return out
 
 

@@ -8,47 +8,52 @@ PReLU parameters). An op of ours that saves an input for backward (``cat_conv.co
 BatchNorm+activation forward again: the same kernel on the same tensors, so the same bits. A
 chain of Conv blocks then keeps one full tensor per block (``y``) instead of two, for one more
 pass over each block's output in backward (two where two ops read it, as in HGBlock). Views of a
-tagged tensor (``chunk``) are recomputed whole and viewed again.
+tagged tensor (``chunk``) are recomputed whole and viewed again; a tensor changed in place after
+its tag is kept as usual.
 
 Tags are made in eager training only (not under torch.compile or export); any other op reading a
 tagged tensor saves it as usual, which costs nothing over not tagging.
 """
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
 import torch
 
-from .ops.bn_act import BN_ACT
-
 _ATTR = "_rtdetr_fused_recipe"
-_SLOTS = 6  # Recipe.tensors: y, mean, invstd, weight, bias, act_weight
 
 
 class Recipe(NamedTuple):
-    """``BN_ACT``'s arguments: ``tensors`` (``y, mean, invstd, weight, bias, act_weight``) and
-    ``args`` (``training, name, alpha``)."""
+    """How to compute a tagged tensor again: ``function(*tensors, *args)``, valid while the
+    tensor is at ``version`` (an in-place change since the tag voids it)."""
 
+    function: Callable[..., torch.Tensor]
     tensors: tuple[torch.Tensor | None, ...]
     args: tuple
+    version: int
 
 
-def tag(output: torch.Tensor, recipe: Recipe) -> None:
-    """Let recompute-aware ops keep ``recipe`` instead of ``output``."""
-    setattr(output, _ATTR, recipe)
+def tag(output: torch.Tensor, function: Callable[..., torch.Tensor], tensors: Sequence, args: Sequence) -> None:
+    """Let recompute-aware ops keep ``function``'s inputs instead of ``output``, which it
+    computed from them (and computes again, bit for bit)."""
+    setattr(output, _ATTR, Recipe(function, tuple(tensors), tuple(args), output._version))
 
 
 def recipe_of(t: torch.Tensor) -> Recipe | None:
-    """The recipe of ``t`` or of the tensor ``t`` is a view of."""
-    return getattr(t if t._base is None else t._base, _ATTR, None)
+    """The recipe of ``t`` or of the tensor ``t`` is a view of, unless changed in place since."""
+    recipe = getattr(t if t._base is None else t._base, _ATTR, None)
+    return recipe if recipe is not None and recipe.version == t._version else None
 
 
 class Kept(NamedTuple):
-    """How ``keep`` laid out one tensor among the tensors to save: ``None`` geometry for the
-    tensor itself, else the recipe's ``args`` and the view's size, stride and offset."""
+    """How ``keep`` laid out one tensor: ``count`` saved tensors, the tensor itself when
+    ``function`` is None, else ``function(*tensors, *args)`` viewed as ``view`` (size, stride,
+    offset) when not None."""
 
-    args: tuple | None
-    view: tuple | None
+    count: int
+    function: Callable[..., torch.Tensor] | None = None
+    args: tuple = ()
+    view: tuple | None = None
 
 
 def keep(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor | None], list[Kept]]:
@@ -60,11 +65,11 @@ def keep(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor | None], li
         recipe = recipe_of(t)
         if recipe is None:
             flat.append(t)
-            plans.append(Kept(None, None))
+            plans.append(Kept(1))
         else:
             flat.extend(recipe.tensors)
             view = (t.size(), t.stride(), t.storage_offset()) if t._base is not None else None
-            plans.append(Kept(recipe.args, view))
+            plans.append(Kept(len(recipe.tensors), recipe.function, recipe.args, view))
     return flat, plans
 
 
@@ -72,11 +77,10 @@ def restore(flat: Sequence[torch.Tensor | None], plans: Sequence[Kept]) -> list[
     """The tensors ``keep`` was given, recomputing tagged ones."""
     out, i = [], 0
     for plan in plans:
-        if plan.args is None:
+        if plan.function is None:
             out.append(flat[i])
-            i += 1
-            continue
-        x = BN_ACT.direct(*flat[i : i + _SLOTS], *plan.args)
-        out.append(x if plan.view is None else x.as_strided(*plan.view))
-        i += _SLOTS
+        else:
+            x = plan.function(*flat[i : i + plan.count], *plan.args)
+            out.append(x if plan.view is None else x.as_strided(*plan.view))
+        i += plan.count
     return out

@@ -104,6 +104,19 @@ def test_tags_only_in_eager_training(pytorch_path):
         torch.testing.assert_close(conv2d(y, conv), conv(y))
 
 
+def test_changed_in_place_is_kept(pytorch_path):
+    """An output changed in place after its tag is not what recomputing gives: kept as usual."""
+    conv = _conv(8, torch.float64)
+
+    def consume(x: torch.Tensor) -> torch.Tensor:
+        return conv2d(x.mul_(2), conv)
+
+    y0 = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    out, grad, saved = _run(consume, y0, recompute=True)
+    out_kept, grad_kept, kept = _run(consume, y0, recompute=False)
+    assert torch.equal(out, out_kept) and torch.equal(grad, grad_kept) and saved == kept
+
+
 def test_padding_modes_other_than_zeros_keep_the_input(pytorch_path):
     conv = _conv(8, torch.float64, padding_mode="reflect")
     y0 = torch.randn(2, 8, 4, 4, dtype=torch.float64)
