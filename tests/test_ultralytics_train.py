@@ -233,3 +233,21 @@ def test_convert_rejects_what_is_not_an_ultralytics_checkpoint(tmp_path, capsys)
     with pytest.raises(SystemExit):
         main(["convert", str(tmp_path / "missing.pt"), str(out)])
     assert "not found" in capsys.readouterr().err
+
+
+def test_fuse_bn_recompute_through_the_trainer(run, tmp_path):
+    """One epoch from the CLI with fuse_bn=recompute: the trainer's EMA copy, checkpoint and
+    validation (under no_grad) take the fused forwards; the losses are finite."""
+    from rtdetr_fused.integrations.fuse_bn import FusedConvForward
+
+    project = tmp_path / "runs"
+    args = ["train", "model=yolo11n.yaml", f"data={run['data']}", "epochs=1", "fuse_bn=recompute", *CLI_ARGS]
+    with _offline_pytorch_path():
+        assert main([*args, f"project={project}", "name=recompute"]) == 0
+    with open(project / "recompute" / "results.csv") as f:
+        row = {k.strip(): v for k, v in next(csv.DictReader(f)).items()}
+    assert all(torch.isfinite(torch.tensor(float(v))) for k, v in row.items() if k.startswith("train/"))
+    ckpt = torch.load(project / "recompute" / "weights" / "last.pt", weights_only=False)
+    model = ckpt["ema"] or ckpt["model"]  # the last epoch's checkpoint keeps the EMA as its model
+    forwards = [vars(m)["forward"] for m in model.modules() if isinstance(vars(m).get("forward"), FusedConvForward)]
+    assert len(forwards) > 80 and all(f.recompute for f in forwards)
