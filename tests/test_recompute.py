@@ -169,6 +169,18 @@ def test_yolo_matches_fuse_bn_bit_for_bit(pytorch_path):
         _same_step(recomputed, fused, x)
 
 
+def test_rtdetr_matches_fuse_bn_bit_for_bit(pytorch_path):
+    """RT-DETR-l (HGStem, HGBlocks through cat_conv2d, RepC3), float64, one training step."""
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+
+    torch.manual_seed(0)
+    fused = RTDETRDetectionModel("rtdetr-l.yaml", nc=2, verbose=False).double().train()
+    recomputed = copy.deepcopy(fused)
+    fuse_bn_act(fused)
+    fuse_bn_act(recomputed, recompute=True)
+    _same_step(recomputed, fused, torch.randn(2, 3, 64, 64, dtype=torch.float64))
+
+
 def test_kernels_through_interpreter():
     blocks = nn.Sequential(Conv(3, 4, 3, act=nn.SiLU()), Conv(4, 4, 1, act=False), Conv(4, 4, 3, act=nn.PReLU(4)))
     blocks = blocks.double()
