@@ -11,10 +11,10 @@ channel; a fixed-order pass combines the partials. Statistics use Welford per ti
 Chan's merge across slots and partials: no sum of squares, so a large mean cannot cancel the
 variance. Everything is computed in float32 (float64 for float64 input).
 
-The activation is a constexpr ``FN`` from ``formulas.FORMULAS``. PReLU is LeakyReLU's formula
-with a per-channel slope. Backward formulas get the BN output z, which works for every
-formula, including those written for the activation's output (ReLU, ReLU6, LeakyReLU with a
-slope >= 0 see the same sign and range in z).
+The activation is a constexpr ``FN`` from ``BN_FORMULAS``: ``formulas.FORMULAS``, PReLU
+(LeakyReLU's formula with a per-channel slope) and identity (BatchNorm alone). Backward
+formulas get the BN output z, which works for every formula, including those written for the
+activation's output (ReLU, ReLU6, LeakyReLU with a slope >= 0 see the same sign and range in z).
 """
 
 from typing import NamedTuple
@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from . import accumulate_dtype
-from .formulas import FORMULAS
+from .formulas import FORMULAS, IDENTITY
 from .layout import Geometry, geometry
 from .pointwise import NUM_WARPS, block_size, upcast
 
@@ -481,8 +481,12 @@ def _strips(geo: Geometry, programs: int) -> _Strips:
     return _Strips((fixed, splits), per, splits * a, a, length)
 
 
+BN_FORMULAS = {**FORMULAS, "prelu": FORMULAS["leaky_relu"], "identity": IDENTITY}
+"""The activations ``FN`` can be: PReLU is LeakyReLU's formula with a per-channel slope."""
+
+
 def _formula(name: str, backward: bool) -> triton.JITFunction:
-    return FORMULAS["leaky_relu" if name == "prelu" else name][int(backward)]
+    return BN_FORMULAS[name][int(backward)]
 
 
 def _channel_blocks(x: torch.Tensor) -> tuple[int, int, int, int, int] | None:

@@ -129,6 +129,19 @@ def gelu_tanh_bwd(x, g, ALPHA: tl.constexpr):
     return g * (s + x * (s * (1.0 - s) * 2.0 * dz))  # x last: 2 * max(fp32) overflows
 
 
+@triton.jit
+def identity_fwd(x, ALPHA: tl.constexpr):
+    return x
+
+
+@triton.jit
+def identity_bwd(x, g, ALPHA: tl.constexpr):
+    return g
+
+
+IDENTITY = (identity_fwd, identity_bwd)
+"""BatchNorm with no activation, for ``bn_act``: not in ``FORMULAS``, as it is no elementwise op."""
+
 FORMULAS: dict[str, tuple[triton.JITFunction, triton.JITFunction]] = {
     "silu": (silu_fwd, silu_bwd),
     "mish": (mish_fwd, mish_bwd),

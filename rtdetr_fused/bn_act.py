@@ -19,21 +19,28 @@ from torch import nn
 from .kernels import accumulate_dtype
 from .modules import get_activation
 from .ops import bn_act as _ops
-from .ops.activation import SPECS
 from .ops.common import check_float, check_same_device, compiling, exporting
 from .recompute import tag
 
 
 def activation_spec(act: nn.Module) -> tuple[str, float, torch.Tensor | None] | None:
     """(name, alpha, PReLU weight) of a supported activation module (torch.nn's or ours), or
-    None: SiLU, Mish, Hardswish, LeakyReLU, ReLU6, ReLU, GELU (both approximations), PReLU."""
+    None: SiLU, Mish, Hardswish, LeakyReLU, ReLU6, ReLU, GELU (both approximations), PReLU, and
+    ``nn.Identity`` (BatchNorm alone)."""
     if isinstance(act, nn.PReLU):
         return "prelu", 0.0, act.weight
     if isinstance(act, nn.LeakyReLU):
         return "leaky_relu", float(act.negative_slope), None
     if isinstance(act, nn.GELU):
         return ("gelu" if act.approximate == "none" else "gelu_tanh"), 0.0, None
-    simple = {nn.SiLU: "silu", nn.Mish: "mish", nn.Hardswish: "hardswish", nn.ReLU6: "relu6", nn.ReLU: "relu"}
+    simple = {
+        nn.SiLU: "silu",
+        nn.Mish: "mish",
+        nn.Hardswish: "hardswish",
+        nn.ReLU6: "relu6",
+        nn.ReLU: "relu",
+        nn.Identity: "identity",
+    }
     for cls, name in simple.items():
         if isinstance(act, cls):
             return name, 0.0, None
@@ -65,7 +72,7 @@ def batch_norm_act(
 ) -> torch.Tensor:
     """``act(F.batch_norm(input, ...))`` with F.batch_norm's arguments, in one fused op.
 
-    ``act``: silu, mish, hardswish, leaky_relu, relu6, relu, gelu, gelu_tanh or prelu;
+    ``act``: silu, mish, hardswish, leaky_relu, relu6, relu, gelu, gelu_tanh, prelu or identity;
     ``alpha`` is LeakyReLU's slope; ``act_weight`` PReLU's weight (one, or one per channel).
     ``training=True`` normalizes with the batch statistics and updates the running ones when
     given (``momentum`` is the update factor). ``recompute=True`` tags the output so that our
@@ -81,7 +88,7 @@ def batch_norm_act(
         raise ValueError("act_weight must be given for act='prelu' and only then")
     if exporting() or input.numel() == 0:  # exporters see standard ops; torch handles empty batches
         y = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-        return torch.prelu(y, act_weight) if act == "prelu" else SPECS[act].reference(y, alpha)
+        return torch.prelu(y, act_weight) if act == "prelu" else _ops.ACT_SPECS[act].reference(y, alpha)
     c = input.shape[1]
     for t, arg in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")):
         _channel_vector(t, c, arg, input)

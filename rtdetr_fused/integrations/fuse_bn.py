@@ -9,7 +9,8 @@ Ultralytics is never imported:
 
 - a Conv block qualifies when its class uses Ultralytics' ``Conv.forward`` (``Conv``, ``DWConv``
   and other subclasses that keep it; ``Conv2`` adds a branch and is left alone), its ``bn`` is a
-  ``BatchNorm2d`` and its ``act`` one that ``activation_spec`` supports;
+  ``BatchNorm2d`` and its ``act`` one that ``activation_spec`` supports (``nn.Identity`` only
+  with ``recompute``);
 - an HGBlock (PP-HGNetV2, RT-DETR's backbone) qualifies when its class uses Ultralytics'
   ``HGBlock.forward`` and its squeeze conv ``sc`` is a Conv block with a ``BatchNorm2d``. Its
   ``sc`` then convolves the concatenation of the block's input and its ``m`` outputs through
@@ -48,15 +49,16 @@ class _FusedForward:
 
 class FusedConvForward(_FusedForward):
     """``act(bn(conv(x)))`` of a Conv block with BN and activation fused. With ``recompute`` the
-    conv keeps a recomputable input's recipe (``cat_conv.conv2d``); blocks whose activation is not
-    fusable (``nn.Identity``) get this forward only then, and keep eager BN."""
+    conv keeps a recomputable input's recipe (``cat_conv.conv2d``), and blocks without an
+    activation (``nn.Identity``) get this forward too: their fused BatchNorm's output is
+    recomputed like the others (without recompute, fusing it would save nothing)."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
         y = conv2d(x, block.conv) if self.recompute else block.conv(x)
-        if activation_spec(block.act) is None:
-            return block.act(block.bn(y))
-        return batch_norm_act_module(block.bn, block.act, y, self.recompute)
+        if _fuses(block.act, self.recompute):
+            return batch_norm_act_module(block.bn, block.act, y, self.recompute)
+        return block.act(block.bn(y))
 
 
 class FusedHGBlockForward(_FusedForward):
@@ -91,6 +93,12 @@ class MaxPoolForward(_FusedForward):
         if not (torch.is_grad_enabled() and x.requires_grad) or exporting():
             return type(pool).forward(pool, x)
         return max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+
+
+def _fuses(act: nn.Module, recompute: bool) -> bool:
+    """Whether a Conv block with ``act`` runs the fused BatchNorm+activation."""
+    spec = activation_spec(act)
+    return spec is not None and (recompute or spec[0] != "identity")
 
 
 def _stride_one_max_pool(module: nn.Module) -> bool:
@@ -136,7 +144,7 @@ def _hg_block(module: nn.Module) -> bool:
 
 
 FORWARDS = {
-    FusedConvForward: lambda m, recompute: _conv_block(m) and (recompute or activation_spec(m.act) is not None),
+    FusedConvForward: lambda m, recompute: _conv_block(m) and _fuses(m.act, recompute),
     FusedHGBlockForward: lambda m, recompute: _hg_block(m),
     MaxPoolForward: lambda m, recompute: _stride_one_max_pool(m),
 }
@@ -155,13 +163,14 @@ def fuse_bn_act(module: nn.Module, recompute: bool = False) -> int:
     """Make every qualifying block in ``module`` run conv -> fused BN+activation, every
     qualifying HGBlock save its pieces instead of their concatenation and every stride-1 max
     pool its input instead of indices; returns how many modules changed.
-    Conv blocks whose ``act`` is ``nn.Identity`` or unsupported keep eager BN.
+    Conv blocks whose ``act`` is unsupported keep eager BN, as do those without one
+    (``nn.Identity``) unless ``recompute``.
 
     ``recompute=True`` also has the convs, HGBlock concatenations and max pools recompute
     the fused BatchNorm+activation outputs they read in backward instead of keeping them (one
     full tensor per Conv block instead of two, for one more pass over each in backward); Conv
-    blocks with eager BN then get a fused forward too, for their conv. Blocks already fused
-    switch to ``recompute`` (and count as changed when they do)."""
+    blocks without an activation then fuse their BatchNorm too. Blocks already fused switch to
+    ``recompute`` (and count as changed when they do)."""
     switched = [m for m in module.modules() if _fused(m) and m.forward.recompute != recompute]
     for block in switched:
         block.forward.recompute = recompute

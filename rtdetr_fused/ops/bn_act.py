@@ -21,11 +21,13 @@ from collections.abc import Callable
 import torch
 
 from ..kernels import accumulate_dtype
-from .activation import SPECS
+from .activation import SPECS, ActSpec
 from .common import Routed, dense, device_programs, interpreting, like
 
-NAMES = (*SPECS, "prelu")
-"""Activation names ``bn_act`` accepts: the elementwise ones and ``prelu``."""
+ACT_SPECS = {**SPECS, "identity": ActSpec(lambda x, a: x, lambda x, g, a: g)}
+"""The elementwise activations' PyTorch references, and identity (BatchNorm alone)."""
+NAMES = (*ACT_SPECS, "prelu")
+"""Activation names ``bn_act`` accepts."""
 
 
 def _kernels():
@@ -108,7 +110,7 @@ def _bn_act_cpu(x, mean, invstd, weight, bias, act_weight, training, name, alpha
     if interpreting():
         return _bn_act_triton(x, mean, invstd, weight, bias, act_weight, training, name, alpha)
     _, z = _reference_z(x, mean, invstd, weight, bias)
-    y = torch.prelu(z, act_weight.to(z.dtype)) if name == "prelu" else SPECS[name].reference(z, alpha)
+    y = torch.prelu(z, act_weight.to(z.dtype)) if name == "prelu" else ACT_SPECS[name].reference(z, alpha)
     return like(y.to(x.dtype), x)
 
 
@@ -167,7 +169,7 @@ def _bn_act_backward_cpu(x, grad, mean, invstd, weight, bias, act_weight, traini
         gz = torch.where(positive, g, _channel_view(act_weight.to(z.dtype)) * g)
         rows = [torch.where(positive, 0.0, z * g).sum(dims)]
     else:
-        gz = SPECS[name].reference_backward(z, g, alpha)  # z has the output's sign and range
+        gz = ACT_SPECS[name].reference_backward(z, g, alpha)  # z has the output's sign and range
         rows = []
     sums = torch.stack([gz.sum(dims), (gz * xhat).sum(dims), *rows])
     if training:
