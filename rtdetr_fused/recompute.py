@@ -46,41 +46,42 @@ def recipe_of(t: torch.Tensor) -> Recipe | None:
 
 
 class Kept(NamedTuple):
-    """How ``keep`` laid out one tensor: ``count`` saved tensors, the tensor itself when
-    ``function`` is None, else ``function(*tensors, *args)`` viewed as ``view`` (size, stride,
-    offset) when not None."""
+    """How ``keep`` laid out one tensor: one saved tensor when ``function`` is None, else
+    ``function(*parts, *args)`` (each part kept the same way, recipes within recipes) viewed as
+    ``view`` (size, stride, offset) when not None."""
 
-    count: int
     function: Callable[..., torch.Tensor] | None = None
     args: tuple = ()
     view: tuple | None = None
+    parts: tuple["Kept", ...] = ()
 
 
-def keep(tensors: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor | None], list[Kept]]:
+def keep(tensors: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor | None], list[Kept]]:
     """What an autograd Function passes to ``save_for_backward`` for ``tensors`` (a tagged
     tensor's recipe in its place), and how ``restore`` gets them back."""
     flat: list[torch.Tensor | None] = []
     plans = []
     for t in tensors:
-        recipe = recipe_of(t)
+        recipe = recipe_of(t) if t is not None else None
         if recipe is None:
             flat.append(t)
-            plans.append(Kept(1))
+            plans.append(Kept())
         else:
-            flat.extend(recipe.tensors)
+            inner, parts = keep(recipe.tensors)
+            flat.extend(inner)
             view = (t.size(), t.stride(), t.storage_offset()) if t._base is not None else None
-            plans.append(Kept(len(recipe.tensors), recipe.function, recipe.args, view))
+            plans.append(Kept(recipe.function, recipe.args, view, tuple(parts)))
     return flat, plans
 
 
-def restore(flat: Sequence[torch.Tensor | None], plans: Sequence[Kept]) -> list[torch.Tensor]:
+def restore(flat: Sequence[torch.Tensor | None], plans: Sequence[Kept]) -> list[torch.Tensor | None]:
     """The tensors ``keep`` was given, recomputing tagged ones."""
-    out, i = [], 0
-    for plan in plans:
+    saved = iter(flat)
+
+    def rebuild(plan: Kept) -> torch.Tensor | None:
         if plan.function is None:
-            out.append(flat[i])
-        else:
-            x = plan.function(*flat[i : i + plan.count], *plan.args)
-            out.append(x if plan.view is None else x.as_strided(*plan.view))
-        i += plan.count
-    return out
+            return next(saved)
+        x = plan.function(*(rebuild(part) for part in plan.parts), *plan.args)
+        return x if plan.view is None else x.as_strided(*plan.view)
+
+    return [rebuild(plan) for plan in plans]

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from test_bn_act import saved_per_block
 from torch import nn
 
-import rtdetr_fused.bn_act
+import rtdetr_fused.recompute
 from benchmarks.measure import SavedTensors
 from rtdetr_fused.bn_act import batch_norm_act
 from rtdetr_fused.cat_conv import cat_conv2d, conv2d
@@ -150,7 +150,7 @@ def _recompute_against_keeping(model: nn.Module, x: torch.Tensor, steps: int = 1
     assert all(m.forward.recompute for m in recomputed.modules() if "forward" in vars(m))
     for _ in range(steps):
         with pytest.MonkeyPatch.context() as mp:
-            mp.setattr(rtdetr_fused.bn_act, "tag", lambda *args: None)
+            mp.setattr(rtdetr_fused.recompute, "recipe_of", lambda t: None)  # keep() keeps every tensor
             expected = _step(kept, x)
         got = _step(recomputed, x)
         for a, b in zip(got, expected, strict=True):
@@ -192,6 +192,33 @@ def test_kernels_through_interpreter():
     _recompute_against_keeping(blocks.double(), x)
 
 
+def _rep_convs(act: nn.Module) -> nn.Sequential:
+    from ultralytics.nn.modules import RepConv
+
+    torch.manual_seed(0)
+    return nn.Sequential(RepConv(4, 4, act=act), RepConv(4, 4, act=copy.deepcopy(act))).double()
+
+
+def test_rep_conv_keeps_its_branch_outputs_only():
+    """Two RepConvs (RepC3's chain), kernels through the interpreter: each keeps its two branch
+    conv outputs; neither the sum its activation reads nor the output the next one's convs read."""
+    from rtdetr_fused.modules import SiLU
+
+    x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
+    _recompute_against_keeping(_rep_convs(SiLU()), x)
+    blocks = _rep_convs(SiLU())
+    fuse_bn_act(blocks, recompute=True)
+    xr = x.clone().requires_grad_()
+    with SavedTensors(exclude=[*blocks.parameters(), *blocks.buffers(), xr]) as saved:
+        out = blocks(xr)  # noqa: F841 (alive until the count)
+    assert saved.nbytes == 4 * x.numel() * x.element_size() + 2 * 2 * 2 * 4 * 8  # + mean, 1/std per BN
+
+
+def test_rep_conv_with_an_in_place_activation(pytorch_path):
+    """The output is the sum itself: only the sum is tagged, and nothing loops."""
+    _recompute_against_keeping(_rep_convs(nn.SiLU(inplace=True)), torch.randn(2, 4, 5, 6, dtype=torch.float64))
+
+
 def test_the_option_switches_and_pickles(pytorch_path):
     model = nn.Sequential(Conv(3, 4, 3, act=nn.SiLU()), Conv(4, 4, 1, act=False))
     replace_activations(model, "mish", fuse_bn="recompute")
@@ -228,11 +255,15 @@ def test_cli_reads_recompute():
 
 def test_compiles_in_one_graph(pytorch_path):
     """Under torch.compile nothing is tagged: the compiled graph decides what it keeps."""
-    from ultralytics.nn.modules import HGBlock
+    from ultralytics.nn.modules import HGBlock, RepConv
 
     torch.manual_seed(0)
     blocks = nn.Sequential(
-        Conv(3, 8, 3, act=nn.SiLU()), HGBlock(8, 4, 16, 3, 2, act=nn.SiLU()), nn.MaxPool2d(3, 1, 1), Conv(16, 8, 3)
+        Conv(3, 8, 3, act=nn.SiLU()),
+        HGBlock(8, 4, 16, 3, 2, act=nn.SiLU()),
+        nn.MaxPool2d(3, 1, 1),
+        RepConv(16, 16),
+        Conv(16, 8, 3),
     )
     eager = copy.deepcopy(blocks)
     fuse_bn_act(blocks, recompute=True)

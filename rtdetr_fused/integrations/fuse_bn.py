@@ -16,7 +16,9 @@ Ultralytics is never imported:
   ``sc`` then convolves the concatenation of the block's input and its ``m`` outputs through
   ``cat_conv2d``, which saves those tensors (saved already by the convs that read them) instead
   of the concatenation, and runs ``sc``'s BatchNorm+activation fused when ``act`` is supported;
-- a stride-1 ``nn.MaxPool2d`` (HGStem's, SPPF's) saves its input instead of int64 indices.
+- a stride-1 ``nn.MaxPool2d`` (HGStem's, SPPF's) saves its input instead of int64 indices;
+- with ``recompute``, a ``RepConv`` (RT-DETR's RepC3) keeps neither its branches' sum nor its
+  output: its activation and the next RepConv's convs recompute them.
 """
 
 import sys
@@ -28,7 +30,8 @@ from torch.nn.modules.utils import _pair
 from ..bn_act import activation_spec, batch_norm_act_module
 from ..cat_conv import cat_conv2d, conv2d, plain_conv2d
 from ..max_pool import max_pool2d
-from ..ops.common import exporting
+from ..ops.common import compiling, exporting
+from ..recompute import tag
 
 
 class _FusedForward:
@@ -83,6 +86,36 @@ class FusedHGBlockForward(_FusedForward):
         return z + x if block.add else z
 
 
+class FusedRepConvForward(_FusedForward):
+    """``RepConv.forward``, ``act(conv1(x) + conv2(x) [+ bn(x)])``, for ``recompute`` only: the
+    sum is tagged with its recipe (the branches' fused BatchNorm outputs, recipes themselves), so
+    the activation keeps the branches' conv outputs instead of the sum, and the output is tagged
+    too, so the convs reading it (the next RepConv's) recompute it. Otherwise, and without
+    autograd, under export or compile, the class's own forward."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.block
+        if not (self.recompute and torch.is_grad_enabled()) or exporting() or compiling():
+            return type(block).forward(block, x)
+        branches = [block.conv1(x), block.conv2(x)]
+        if block.bn is not None:
+            branches.append(block.bn(x))
+        total = _sum(*branches)
+        tag(total, _sum, branches, ())
+        out = block.act(total)
+        if out.untyped_storage().data_ptr() != total.untyped_storage().data_ptr():  # not in place
+            tag(out, block.act, (total,), ())
+        return out
+
+
+def _sum(*tensors: torch.Tensor) -> torch.Tensor:
+    """Left to right, as RepConv adds its branches: the same bits when recomputed."""
+    total = tensors[0]
+    for t in tensors[1:]:
+        total = total + t
+    return total
+
+
 class MaxPoolForward(_FusedForward):
     """A stride-1 ``nn.MaxPool2d`` whose backward keeps its input rather than int64 argmax
     indices (``rtdetr_fused.max_pool``): a quarter of the bytes in bfloat16, none where the
@@ -99,6 +132,14 @@ def _fuses(act: nn.Module, recompute: bool) -> bool:
     """Whether a Conv block with ``act`` runs the fused BatchNorm+activation."""
     spec = activation_spec(act)
     return spec is not None and (recompute or spec[0] != "identity")
+
+
+def _rep_conv(module: nn.Module) -> bool:
+    """A RepConv in its training form: two Conv blocks (``model.fuse()`` removes them)."""
+    return type(module).forward is _ultralytics("conv", "RepConv") and all(
+        isinstance(getattr(module, name, None), nn.Module) and _conv_block(getattr(module, name))
+        for name in ("conv1", "conv2")
+    )
 
 
 def _stride_one_max_pool(module: nn.Module) -> bool:
@@ -147,6 +188,7 @@ FORWARDS = {
     FusedConvForward: lambda m, recompute: _conv_block(m) and _fuses(m.act, recompute),
     FusedHGBlockForward: lambda m, recompute: _hg_block(m),
     MaxPoolForward: lambda m, recompute: _stride_one_max_pool(m),
+    FusedRepConvForward: lambda m, recompute: recompute and _rep_conv(m),
 }
 """Each fused forward and the blocks it applies to, without and with ``recompute``."""
 

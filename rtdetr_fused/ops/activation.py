@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..recompute import keep, restore
 from .common import Routed, check_float, dense, exporting, interpreting, is_dense, like, with_strides
 
 aten = torch.ops.aten
@@ -119,12 +120,14 @@ def _act_backward_fake(saved: torch.Tensor, grad: torch.Tensor, name: str, alpha
 def _setup_context(ctx, inputs, output) -> None:
     x, name, alpha = inputs
     ctx.name, ctx.alpha = name, alpha
-    ctx.save_for_backward(output if SPECS[name].saves_output(alpha) else x)
+    # A tagged input (RepConv's sum under fuse_bn="recompute") is kept as its recipe.
+    kept, ctx.plans = keep([output if SPECS[name].saves_output(alpha) else x])
+    ctx.save_for_backward(*kept)
 
 
 def _backward_with(backward: Callable) -> Callable:
     def _backward(ctx, grad: torch.Tensor):
-        (saved,) = ctx.saved_tensors
+        (saved,) = restore(ctx.saved_tensors, ctx.plans)
         return backward(saved, grad, ctx.name, ctx.alpha), None, None
 
     return _backward
@@ -261,7 +264,8 @@ class InplaceAct(torch.autograd.Function):
         saved = None if keep_output else x.clone()
         ACT_(x, name, alpha)
         ctx.mark_dirty(x)
-        ctx.save_for_backward(x if keep_output else saved)
+        kept, ctx.plans = keep([x if keep_output else saved])  # x changed in place: no recipe holds
+        ctx.save_for_backward(*kept)
         ctx.name, ctx.alpha = name, alpha
         return x
 
