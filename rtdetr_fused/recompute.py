@@ -4,10 +4,12 @@ instead of keeping (``fuse_bn="recompute"``).
 ``batch_norm_act(..., recompute=True)`` tags its output with a ``Recipe``: its own inputs, which
 its backward keeps anyway (the conv output ``y``, per-channel mean and inverse std, the BN and
 PReLU parameters). An op of ours that saves an input for backward (``cat_conv.conv2d``,
-``cat_conv2d``, ``max_pool2d``) saves a tagged input's recipe instead, and in backward runs the same
-BatchNorm+activation forward again: the same kernel on the same tensors, so the same bits. A
-chain of Conv blocks then keeps one full tensor per block (``y``) instead of two, for one more
-pass over each block's output in backward (two where two ops read it, as in HGBlock). Views of a
+``cat_conv2d``, ``max_pool2d``, the elementwise activations) saves a tagged input's recipe
+instead, and in backward runs the same BatchNorm+activation forward again: the same kernel on the
+same tensors, so the same bits. A chain of Conv blocks then keeps one full tensor per block
+(``y``) instead of two, for one more pass over each block's output in backward (two where two
+ops read it, as in HGBlock). A recipe's tensors may be tagged themselves: RepConv's sum of two
+fused BatchNorm outputs, and its activation of that sum (``integrations.fuse_bn``). Views of a
 tagged tensor (``chunk``) are recomputed whole and viewed again; a tensor changed in place after
 its tag is kept as usual.
 
