@@ -199,14 +199,15 @@ def _rep_convs(act: nn.Module) -> nn.Sequential:
     return nn.Sequential(RepConv(4, 4, act=act), RepConv(4, 4, act=copy.deepcopy(act))).double()
 
 
-def test_rep_conv_keeps_its_branch_outputs_only():
+@pytest.mark.parametrize("act", ["silu", "prelu"])
+def test_rep_conv_keeps_its_branch_outputs_only(act):
     """Two RepConvs (RepC3's chain), kernels through the interpreter: each keeps its two branch
     conv outputs; neither the sum its activation reads nor the output the next one's convs read."""
-    from rtdetr_fused.modules import SiLU
+    from rtdetr_fused.modules import get_activation
 
     x = torch.randn(2, 4, 5, 6, dtype=torch.float64)
-    _recompute_against_keeping(_rep_convs(SiLU()), x)
-    blocks = _rep_convs(SiLU())
+    _recompute_against_keeping(_rep_convs(get_activation(act)), x)
+    blocks = _rep_convs(get_activation(act))
     fuse_bn_act(blocks, recompute=True)
     xr = x.clone().requires_grad_()
     with SavedTensors(exclude=[*blocks.parameters(), *blocks.buffers(), xr]) as saved:

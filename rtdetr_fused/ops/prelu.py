@@ -10,6 +10,7 @@ from collections.abc import Callable
 import torch
 
 from ..kernels import accumulate_dtype
+from ..recompute import keep, restore
 from .common import Routed, check_float, check_same_device, dense, device_programs, exporting, interpreting, like
 
 
@@ -90,12 +91,13 @@ def _prelu_backward_fake(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    ctx.save_for_backward(*inputs)
+    kept, ctx.plans = keep(inputs)  # a tagged input (RepConv's sum under fuse_bn="recompute"): its recipe
+    ctx.save_for_backward(*kept)
 
 
 def _backward_with(backward: Callable) -> Callable:
     def _backward(ctx, grad: torch.Tensor):
-        x, weight = ctx.saved_tensors
+        x, weight = restore(ctx.saved_tensors, ctx.plans)
         return backward(x, weight, grad)
 
     return _backward
