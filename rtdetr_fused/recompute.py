@@ -25,28 +25,6 @@ import torch
 _ATTR = "_rtdetr_fused_recipe"
 
 
-class Recipe(NamedTuple):
-    """How to compute a tagged tensor again: ``function(*tensors, *args)``, valid while the
-    tensor is at ``version`` (an in-place change since the tag voids it)."""
-
-    function: Callable[..., torch.Tensor]
-    tensors: tuple[torch.Tensor | None, ...]
-    args: tuple
-    version: int
-
-
-def tag(output: torch.Tensor, function: Callable[..., torch.Tensor], tensors: Sequence, args: Sequence) -> None:
-    """Let recompute-aware ops keep ``function``'s inputs instead of ``output``, which it
-    computed from them (and computes again, bit for bit)."""
-    setattr(output, _ATTR, Recipe(function, tuple(tensors), tuple(args), output._version))
-
-
-def recipe_of(t: torch.Tensor) -> Recipe | None:
-    """The recipe of ``t`` or of the tensor ``t`` is a view of, unless changed in place since."""
-    recipe = getattr(t if t._base is None else t._base, _ATTR, None)
-    return recipe if recipe is not None and recipe.version == t._version else None
-
-
 class Kept(NamedTuple):
     """How ``keep`` laid out one tensor: one saved tensor when ``function`` is None, else
     ``function(*parts, *args)`` (each part kept the same way, recipes within recipes) viewed as
@@ -56,6 +34,32 @@ class Kept(NamedTuple):
     args: tuple = ()
     view: tuple | None = None
     parts: tuple["Kept", ...] = ()
+
+
+class Recipe(NamedTuple):
+    """How to compute a tagged tensor again: ``function`` of its inputs as ``keep`` laid them out
+    (``tensors``, ``parts``), and ``args``; valid while the tensor is at ``version`` (an in-place
+    change since the tag voids it)."""
+
+    function: Callable[..., torch.Tensor]
+    tensors: tuple[torch.Tensor | None, ...]
+    parts: tuple[Kept, ...]
+    args: tuple
+    version: int
+
+
+def tag(output: torch.Tensor, function: Callable[..., torch.Tensor], inputs: Sequence, args: Sequence) -> None:
+    """Let recompute-aware ops keep ``function``'s inputs instead of ``output``, which it
+    computed from them (and computes again, bit for bit). Tagged inputs are taken apart here,
+    so the recipe holds only tensors kept anyway, not those inputs."""
+    tensors, parts = keep(inputs)
+    setattr(output, _ATTR, Recipe(function, tuple(tensors), tuple(parts), tuple(args), output._version))
+
+
+def recipe_of(t: torch.Tensor) -> Recipe | None:
+    """The recipe of ``t`` or of the tensor ``t`` is a view of, unless changed in place since."""
+    recipe = getattr(t if t._base is None else t._base, _ATTR, None)
+    return recipe if recipe is not None and recipe.version == t._version else None
 
 
 def keep(tensors: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor | None], list[Kept]]:
@@ -69,10 +73,9 @@ def keep(tensors: Sequence[torch.Tensor | None]) -> tuple[list[torch.Tensor | No
             flat.append(t)
             plans.append(Kept())
         else:
-            inner, parts = keep(recipe.tensors)
-            flat.extend(inner)
+            flat.extend(recipe.tensors)
             view = (t.size(), t.stride(), t.storage_offset()) if t._base is not None else None
-            plans.append(Kept(recipe.function, recipe.args, view, tuple(parts)))
+            plans.append(Kept(recipe.function, recipe.args, view, recipe.parts))
     return flat, plans
 
 

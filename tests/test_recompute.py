@@ -6,6 +6,7 @@ saved bytes fall to one full tensor per Conv block.
 
 import copy
 import io
+import weakref
 
 import pytest
 import torch
@@ -18,7 +19,7 @@ from benchmarks.measure import SavedTensors
 from rtdetr_fused.bn_act import batch_norm_act
 from rtdetr_fused.cat_conv import cat_conv2d, conv2d
 from rtdetr_fused.max_pool import max_pool2d
-from rtdetr_fused.recompute import recipe_of
+from rtdetr_fused.recompute import keep, recipe_of, restore, tag
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 
@@ -116,6 +117,23 @@ def test_changed_in_place_is_kept(pytorch_path):
     out, grad, saved = _run(consume, y0, recompute=True)
     out_kept, grad_kept, kept = _run(consume, y0, recompute=False)
     assert torch.equal(out, out_kept) and torch.equal(grad, grad_kept) and saved == kept
+
+
+def test_a_recipe_of_recipes_holds_only_what_is_kept_anyway(pytorch_path):
+    """A sum of two tagged outputs, tagged in turn (RepConv's): its recipe takes them apart into
+    their own recipes' tensors, so the two outputs themselves are freed, and it restores."""
+    y1, y2 = (torch.randn(2, 4, 3, 3, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    t, u = _bn_act(y1, True, "identity"), _bn_act(y2, True, "identity")
+    total = t + u
+    tag(total, torch.add, (t, u), ())
+    refs = [weakref.ref(t), weakref.ref(u)]
+    del t, u
+    assert all(ref() is None for ref in refs)
+    flat, plans = keep([total])
+    assert any(f is y1 for f in flat) and any(f is y2 for f in flat)
+    expected = total.detach().clone()
+    del total
+    assert torch.equal(restore(flat, plans)[0], expected)
 
 
 def test_padding_modes_other_than_zeros_keep_the_input(pytorch_path):
