@@ -238,6 +238,31 @@ def test_rep_conv_with_an_in_place_activation(pytorch_path):
     _recompute_against_keeping(_rep_convs(nn.SiLU(inplace=True)), torch.randn(2, 4, 5, 6, dtype=torch.float64))
 
 
+def test_hg_stem_keeps_no_padded_map_nor_concatenation():
+    """HGStem (RT-DETR's first layer), kernels through the interpreter: against keeping, the
+    two padded maps, the pool output and stem2b's output (the concatenation's pieces) and
+    stem3's output (stem4's input) are recomputed."""
+    from ultralytics.nn.modules import HGStem
+
+    torch.manual_seed(0)
+    stem = HGStem(3, 8, 16).double()
+    x = torch.randn(2, 3, 12, 12, dtype=torch.float64)
+    _recompute_against_keeping(stem, x)
+    fuse_bn_act(stem, recompute=True)
+
+    def saved() -> int:
+        with SavedTensors(exclude=[*stem.parameters(), *stem.buffers(), x]) as s:
+            out = stem(x)  # noqa: F841 (alive until the count)
+        return s.nbytes
+
+    recomputed = saved()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rtdetr_fused.recompute, "recipe_of", lambda t: None)
+        kept = saved()
+    padded, pieces, stem3 = 2 * (8 + 4) * 7 * 7, 2 * 2 * 8 * 6 * 6, 2 * 8 * 3 * 3
+    assert kept - recomputed == (padded + pieces + stem3) * 8
+
+
 def test_the_option_switches_and_pickles(pytorch_path):
     model = nn.Sequential(Conv(3, 4, 3, act=nn.SiLU()), Conv(4, 4, 1, act=False))
     replace_activations(model, "mish", fuse_bn="recompute")

@@ -18,12 +18,14 @@ Ultralytics is never imported:
   of the concatenation, and runs ``sc``'s BatchNorm+activation fused when ``act`` is supported;
 - a stride-1 ``nn.MaxPool2d`` (HGStem's, SPPF's) saves its input instead of int64 indices;
 - with ``recompute``, a ``RepConv`` (RT-DETR's RepC3) keeps neither its branches' sum nor its
-  output: its activation and the next RepConv's convs recompute them.
+  output: its activation and the next RepConv's convs recompute them; and an ``HGStem`` keeps
+  neither its padded maps nor its concatenation.
 """
 
 import sys
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
@@ -116,16 +118,52 @@ def _sum(*tensors: torch.Tensor) -> torch.Tensor:
     return total
 
 
+class FusedHGStemForward(_FusedForward):
+    """``HGStem.forward`` for ``recompute`` only: its two zero paddings are tagged (``F.pad`` of
+    a fused output) and ``stem3`` convolves ``[pool, stem2b]`` through ``cat_conv2d``, so the
+    convs keep the fused outputs' recipes instead of the padded maps and their concatenation.
+    Otherwise, and without autograd, under export or compile, the class's own forward."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        block = self.block
+        if not (self.recompute and torch.is_grad_enabled()) or exporting() or compiling():
+            return type(block).forward(block, x)
+        x = _padded(block.stem1(x))
+        x2 = block.stem2b(_padded(block.stem2a(x)))
+        stem3 = block.stem3
+        z = cat_conv2d([block.pool(x), x2], stem3.conv)
+        if _fuses(stem3.act, True):
+            z = batch_norm_act_module(stem3.bn, stem3.act, z, True)
+        else:
+            z = stem3.act(stem3.bn(z))
+        return block.stem4(z)
+
+
+_STEM_PAD = (0, 1, 0, 1)
+
+
+def _padded(x: torch.Tensor) -> torch.Tensor:
+    """HGStem's ``F.pad(x, [0, 1, 0, 1])``, tagged: a conv reading it keeps ``x``'s recipe."""
+    out = F.pad(x, _STEM_PAD)
+    tag(out, F.pad, (x,), (_STEM_PAD,))
+    return out
+
+
 class MaxPoolForward(_FusedForward):
     """A stride-1 ``nn.MaxPool2d`` whose backward keeps its input rather than int64 argmax
     indices (``rtdetr_fused.max_pool``): a quarter of the bytes in bfloat16, none where the
-    input is saved anyway. Without autograd or under export, the class's own forward."""
+    input is saved anyway. With ``recompute`` its output is tagged (``F.max_pool2d`` of its
+    input). Without autograd or under export, the class's own forward."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         pool = self.block
         if not (torch.is_grad_enabled() and x.requires_grad) or exporting():
             return type(pool).forward(pool, x)
-        return max_pool2d(x, pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+        args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
+        out = max_pool2d(x, *args)
+        if self.recompute and not compiling():
+            tag(out, F.max_pool2d, (x,), args)
+        return out
 
 
 def _fuses(act: nn.Module, recompute: bool) -> bool:
@@ -139,6 +177,17 @@ def _rep_conv(module: nn.Module) -> bool:
     return type(module).forward is _ultralytics("conv", "RepConv") and all(
         isinstance(getattr(module, name, None), nn.Module) and _conv_block(getattr(module, name))
         for name in ("conv1", "conv2")
+    )
+
+
+def _hg_stem(module: nn.Module) -> bool:
+    """An HGStem whose ``stem3`` is a Conv block that ``cat_conv2d`` can run."""
+    stem3 = getattr(module, "stem3", None)
+    return (
+        type(module).forward is _ultralytics("block", "HGStem")
+        and isinstance(stem3, nn.Module)
+        and _conv_block(stem3)
+        and plain_conv2d(stem3.conv)
     )
 
 
@@ -189,6 +238,7 @@ FORWARDS = {
     FusedHGBlockForward: lambda m, recompute: _hg_block(m),
     MaxPoolForward: lambda m, recompute: _stride_one_max_pool(m),
     FusedRepConvForward: lambda m, recompute: recompute and _rep_conv(m),
+    FusedHGStemForward: lambda m, recompute: recompute and _hg_stem(m),
 }
 """Each fused forward and the blocks it applies to, without and with ``recompute``."""
 
