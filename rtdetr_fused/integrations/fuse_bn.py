@@ -79,12 +79,7 @@ class FusedHGBlockForward(_FusedForward):
             return type(block).forward(block, x)
         y = [x]
         y.extend(m(y[-1]) for m in block.m)
-        z = cat_conv2d(y, sc.conv)
-        if activation_spec(sc.act):
-            z = batch_norm_act_module(sc.bn, sc.act, z, self.recompute)
-        else:
-            z = sc.act(sc.bn(z))
-        z = block.ec(z)
+        z = block.ec(_conv_block_over(sc, y, self.recompute))
         return z + x if block.add else z
 
 
@@ -130,13 +125,16 @@ class FusedHGStemForward(_FusedForward):
             return type(block).forward(block, x)
         x = _padded(block.stem1(x))
         x2 = block.stem2b(_padded(block.stem2a(x)))
-        stem3 = block.stem3
-        z = cat_conv2d([block.pool(x), x2], stem3.conv)
-        if _fuses(stem3.act, True):
-            z = batch_norm_act_module(stem3.bn, stem3.act, z, True)
-        else:
-            z = stem3.act(stem3.bn(z))
-        return block.stem4(z)
+        return block.stem4(_conv_block_over(block.stem3, [block.pool(x), x2], True))
+
+
+def _conv_block_over(block: nn.Module, pieces: list[torch.Tensor], recompute: bool) -> torch.Tensor:
+    """Conv block ``block`` on the concatenation of ``pieces`` (``cat_conv2d``: the pieces are
+    kept, not their concatenation), its BatchNorm+activation fused where ``_fuses`` says."""
+    z = cat_conv2d(pieces, block.conv)
+    if _fuses(block.act, recompute):
+        return batch_norm_act_module(block.bn, block.act, z, recompute)
+    return block.act(block.bn(z))
 
 
 _STEM_PAD = (0, 1, 0, 1)
@@ -175,20 +173,15 @@ def _fuses(act: nn.Module, recompute: bool) -> bool:
 def _rep_conv(module: nn.Module) -> bool:
     """A RepConv in its training form: two Conv blocks (``model.fuse()`` removes them)."""
     return type(module).forward is _ultralytics("conv", "RepConv") and all(
-        isinstance(getattr(module, name, None), nn.Module) and _conv_block(getattr(module, name))
-        for name in ("conv1", "conv2")
+        _conv_block(getattr(module, name, None)) for name in ("conv1", "conv2")
     )
 
 
-def _hg_stem(module: nn.Module) -> bool:
-    """An HGStem whose ``stem3`` is a Conv block that ``cat_conv2d`` can run."""
-    stem3 = getattr(module, "stem3", None)
-    return (
-        type(module).forward is _ultralytics("block", "HGStem")
-        and isinstance(stem3, nn.Module)
-        and _conv_block(stem3)
-        and plain_conv2d(stem3.conv)
-    )
+def _over_cat(module: nn.Module, cls: str, child: str) -> bool:
+    """A ``cls`` of Ultralytics' blocks whose Conv block ``child`` (HGBlock's ``sc``, HGStem's
+    ``stem3``) reads a concatenation that ``cat_conv2d`` can run."""
+    inner = getattr(module, child, None)
+    return type(module).forward is _ultralytics("block", cls) and _conv_block(inner) and plain_conv2d(inner.conv)
 
 
 def _stride_one_max_pool(module: nn.Module) -> bool:
@@ -209,11 +202,12 @@ def _fused(module: nn.Module) -> bool:
     return isinstance(vars(module).get("forward"), _FusedForward)
 
 
-def _conv_block(module: nn.Module) -> bool:
+def _conv_block(module: nn.Module | None) -> bool:
     """A Conv-style block in its training form (``bn`` not folded by ``model.fuse()``)."""
     conv_forward = _ultralytics("conv", "Conv")
     return (
-        conv_forward is not None
+        isinstance(module, nn.Module)
+        and conv_forward is not None
         and type(module).forward is conv_forward
         and ("forward" not in vars(module) or _fused(module))
         and isinstance(getattr(module, "conv", None), nn.Module)
@@ -222,23 +216,12 @@ def _conv_block(module: nn.Module) -> bool:
     )
 
 
-def _hg_block(module: nn.Module) -> bool:
-    """An HGBlock whose squeeze conv ``cat_conv2d`` can run."""
-    sc = getattr(module, "sc", None)
-    return (
-        type(module).forward is _ultralytics("block", "HGBlock")
-        and isinstance(sc, nn.Module)
-        and _conv_block(sc)
-        and plain_conv2d(sc.conv)
-    )
-
-
 FORWARDS = {
     FusedConvForward: lambda m, recompute: _conv_block(m) and _fuses(m.act, recompute),
-    FusedHGBlockForward: lambda m, recompute: _hg_block(m),
+    FusedHGBlockForward: lambda m, recompute: _over_cat(m, "HGBlock", "sc"),
     MaxPoolForward: lambda m, recompute: _stride_one_max_pool(m),
     FusedRepConvForward: lambda m, recompute: recompute and _rep_conv(m),
-    FusedHGStemForward: lambda m, recompute: recompute and _hg_stem(m),
+    FusedHGStemForward: lambda m, recompute: recompute and _over_cat(m, "HGStem", "stem3"),
 }
 """Each fused forward and the blocks it applies to, without and with ``recompute``."""
 
