@@ -204,6 +204,20 @@ def test_rtdetr(pytorch_path):
     _recompute_against_keeping(model, torch.randn(2, 3, 64, 64, dtype=torch.float64))
 
 
+def test_model_fuse_folds_a_recompute_model(pytorch_path):
+    """model.fuse() (BN folded into the convs, RepConvs merged) on an RT-DETR-l under recompute:
+    the same outputs, with autograd on (the fused forwards step aside)."""
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+
+    torch.manual_seed(0)
+    model = RTDETRDetectionModel("rtdetr-l.yaml", nc=2, verbose=False).double().eval()
+    fuse_bn_act(model, recompute=True)
+    x = torch.randn(1, 3, 64, 64, dtype=torch.float64, requires_grad=True)
+    expected = model(x)[0].detach()
+    model.fuse(verbose=False)
+    torch.testing.assert_close(model(x)[0].detach(), expected, rtol=1e-7, atol=1e-7)
+
+
 def test_kernels_through_interpreter():
     blocks = nn.Sequential(Conv(3, 4, 3, act=nn.SiLU()), Conv(4, 4, 1, act=False), Conv(4, 4, 3, act=nn.PReLU(4)))
     x = torch.randn(2, 3, 5, 6, dtype=torch.float64).to(memory_format=torch.channels_last)

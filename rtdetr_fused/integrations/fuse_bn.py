@@ -117,11 +117,17 @@ class FusedHGStemForward(_FusedForward):
     """``HGStem.forward`` for ``recompute`` only: its two zero paddings are tagged (``F.pad`` of
     a fused output) and ``stem3`` convolves ``[pool, stem2b]`` through ``cat_conv2d``, so the
     convs keep the fused outputs' recipes instead of the padded maps and their concatenation.
-    Otherwise, and without autograd, under export or compile, the class's own forward."""
+    Otherwise, and without autograd, under export or compile, or once ``model.fuse()`` has folded
+    ``stem3.bn``, the class's own forward."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
-        if not (self.recompute and torch.is_grad_enabled()) or exporting() or compiling():
+        if (
+            not (self.recompute and torch.is_grad_enabled())
+            or exporting()
+            or compiling()
+            or not _conv_block(block.stem3)
+        ):
             return type(block).forward(block, x)
         x = _padded(block.stem1(x))
         x2 = block.stem2b(_padded(block.stem2a(x)))
