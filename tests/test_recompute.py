@@ -7,6 +7,7 @@ saved bytes fall to one full tensor per Conv block.
 import copy
 import io
 import weakref
+from functools import partial
 
 import pytest
 import torch
@@ -18,6 +19,7 @@ import rtdetr_fused.recompute
 from benchmarks.measure import SavedTensors
 from rtdetr_fused.bn_act import batch_norm_act
 from rtdetr_fused.cat_conv import cat_conv2d, conv2d
+from rtdetr_fused.linear import linear
 from rtdetr_fused.max_pool import max_pool2d
 from rtdetr_fused.recompute import keep, recipe_of, restore, tag
 
@@ -51,6 +53,7 @@ CONSUMERS = {
     "chunk view": lambda conv: lambda x: conv2d(x.chunk(2, 1)[1], conv),
     "cat": lambda conv: lambda x: cat_conv2d([x[:, :4], torch.ones_like(x[:, :4])], conv),
     "max pool": lambda conv: lambda x: max_pool2d(x, 3, 1, 1),
+    "linear": lambda conv: partial(linear, layer=nn.Linear(7, 5, dtype=conv.weight.dtype, device=conv.weight.device)),
 }
 
 
@@ -88,11 +91,15 @@ def test_recompute_with_other_activations(act, pytorch_path):
 
 
 def test_matches_plain_conv_and_gradcheck(pytorch_path):
-    """conv2d is F.conv2d: against it directly, and gradcheck through the recompute."""
+    """conv2d is F.conv2d and linear F.linear: against them directly, and gradcheck through the
+    recompute (the weights' gradients too)."""
     conv = _conv(8, torch.float64)
+    lin = nn.Linear(3, 5, dtype=torch.float64)
     y = torch.randn(2, 8, 4, 3, dtype=torch.float64, requires_grad=True)
     torch.testing.assert_close(conv2d(_bn_act(y, True), conv), F.conv2d(_bn_act(y, False), conv.weight, padding=1))
-    assert torch.autograd.gradcheck(lambda t: conv2d(_bn_act(t, True), conv), (y,))
+    torch.testing.assert_close(linear(_bn_act(y, True), lin), F.linear(_bn_act(y, False), lin.weight, lin.bias))
+    assert torch.autograd.gradcheck(lambda t, w: conv2d(_bn_act(t, True), conv), (y, conv.weight))
+    assert torch.autograd.gradcheck(lambda t, w, b: linear(_bn_act(t, True), lin), (y, lin.weight, lin.bias))
 
 
 def test_tags_only_in_eager_training(pytorch_path):
@@ -202,6 +209,34 @@ def test_rtdetr(pytorch_path):
     torch.manual_seed(0)
     model = RTDETRDetectionModel("rtdetr-l.yaml", nc=2, verbose=False).double()
     _recompute_against_keeping(model, torch.randn(2, 3, 64, 64, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("act", ["silu", "gelu", "prelu", "relu", "leaky_relu"])
+def test_mlp_keeps_what_its_activations_keep(act):
+    """RT-DETR's MLP heads, kernels through the interpreter: a hidden activation keeping its
+    input has its output recomputed by the next linear; one keeping its output (ReLU, LeakyReLU)
+    is not tagged, which would have the linear keep the input on top."""
+    from ultralytics.nn.modules.transformer import MLP
+
+    from rtdetr_fused.modules import get_activation
+
+    torch.manual_seed(0)
+    mlp = MLP(6, 16, 4, 3, act=lambda: get_activation(act))  # PReLU: one weight (dim 1 is no channel here)
+    x = torch.randn(2, 5, 6, dtype=torch.float64)
+    _recompute_against_keeping(mlp.double(), x)
+    fuse_bn_act(mlp, recompute=True)
+
+    def saved() -> int:
+        with SavedTensors(exclude=[*mlp.parameters(), x]) as s:
+            out = mlp(x.requires_grad_())  # noqa: F841 (alive until the count)
+        return s.nbytes
+
+    recomputed = saved()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rtdetr_fused.recompute, "recipe_of", lambda t: None)
+        kept = saved()
+    hidden = 2 * 2 * 5 * 16 * 8  # two hidden activations' outputs, float64
+    assert kept - recomputed == (0 if act in ("relu", "leaky_relu") else hidden)
 
 
 def test_model_fuse_folds_a_recompute_model(pytorch_path):

@@ -31,7 +31,10 @@ from torch.nn.modules.utils import _pair
 
 from ..bn_act import activation_spec, batch_norm_act_module
 from ..cat_conv import cat_conv2d, conv2d, plain_conv2d
+from ..linear import linear
 from ..max_pool import max_pool2d
+from ..modules import TORCH_NN
+from ..ops.activation import SPECS
 from ..ops.common import compiling, exporting
 from ..recompute import tag
 
@@ -40,9 +43,11 @@ class _FusedForward:
     """A block's replacement ``forward``, reading the block's modules at each call (a later
     ``block.act = ...`` is seen). A class, not a closure, so it pickles. With ``recompute``, the
     block's fused BatchNorm+activation outputs are recomputed in backward by the ops of ours that
-    read them, instead of kept (``rtdetr_fused.recompute``)."""
+    read them, instead of kept (``rtdetr_fused.recompute``). ``method`` is the block's method it
+    replaces, as an instance attribute."""
 
     recompute = False  # what forwards pickled before the option unpickle with
+    method = "forward"
 
     def __init__(self, block: nn.Module, recompute: bool = False) -> None:
         self.block = block
@@ -153,6 +158,59 @@ def _padded(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+class FusedMLPForward(_FusedForward):
+    """``MLP.forward`` (RT-DETR's query and box heads) for ``recompute`` only: each hidden
+    activation's output is tagged (``_tagged_act``) and read by ``rtdetr_fused.linear.linear``,
+    which keeps the activation's input instead. Otherwise the class's own forward."""
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        mlp = self.block
+        if not (self.recompute and torch.is_grad_enabled()) or exporting() or compiling():
+            return type(mlp).forward(mlp, x)
+        orig_x = x
+        for i, layer in enumerate(mlp.layers):
+            x = linear(x, layer)
+            if i < mlp.num_layers - 1:
+                x = _tagged_act(mlp.act, x)
+        if getattr(mlp, "residual", False):
+            x = x + orig_x
+        x = getattr(mlp, "out_norm", nn.Identity())(x)
+        return x.sigmoid() if getattr(mlp, "sigmoid", False) else x
+
+
+class FusedFFNForward(_FusedForward):
+    """``DeformableTransformerDecoderLayer.forward_ffn`` (RT-DETR's decoder) for ``recompute``
+    only: the activation's output is tagged and ``linear2`` keeps its input instead. Otherwise
+    the class's own."""
+
+    method = "forward_ffn"
+
+    def __call__(self, tgt: torch.Tensor) -> torch.Tensor:
+        layer = self.block
+        if not (self.recompute and torch.is_grad_enabled()) or exporting() or compiling():
+            return type(layer).forward_ffn(layer, tgt)
+        tgt2 = linear(layer.dropout3(_tagged_act(layer.act, layer.linear1(tgt))), layer.linear2)
+        return layer.norm3(tgt + layer.dropout4(tgt2))
+
+
+def _tagged_act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``act(x)``, tagged when ``act`` is one of ours whose backward keeps its input: the output
+    is then free to drop. (One keeping its output or a bit mask would have the reader keep the
+    input on top.)"""
+    out = act(x)
+    spec = activation_spec(act)
+    keeps_input = (
+        type(act) in TORCH_NN
+        and spec is not None
+        and not getattr(act, "inplace", False)
+        and not getattr(act, "bitmask", False)
+        and (spec[0] == "prelu" or not SPECS[spec[0]].saves_output(spec[1]))
+    )
+    if keeps_input and out.requires_grad:
+        tag(out, act, (x,), ())
+    return out
+
+
 class MaxPoolForward(_FusedForward):
     """A stride-1 ``nn.MaxPool2d`` whose backward keeps its input rather than int64 argmax
     indices (``rtdetr_fused.max_pool``): a quarter of the bytes in bfloat16, none where the
@@ -190,6 +248,17 @@ def _over_cat(module: nn.Module, cls: str, child: str) -> bool:
     return type(module).forward is _ultralytics("block", cls) and _conv_block(inner) and plain_conv2d(inner.conv)
 
 
+def _mlp(module: nn.Module) -> bool:
+    return type(module).forward is _ultralytics("transformer", "MLP") and isinstance(
+        getattr(module, "act", None), nn.Module
+    )
+
+
+def _decoder_layer(module: nn.Module) -> bool:
+    ffn = _ultralytics("transformer", "DeformableTransformerDecoderLayer", "forward_ffn")
+    return ffn is not None and getattr(type(module), "forward_ffn", None) is ffn
+
+
 def _stride_one_max_pool(module: nn.Module) -> bool:
     return (
         type(module).forward is nn.MaxPool2d.forward
@@ -198,14 +267,15 @@ def _stride_one_max_pool(module: nn.Module) -> bool:
     )
 
 
-def _ultralytics(module: str, cls: str):
-    """``cls.forward`` of ``ultralytics.nn.modules.<module>`` if ultralytics is loaded (a model
+def _ultralytics(module: str, cls: str, method: str = "forward"):
+    """``cls.<method>`` of ``ultralytics.nn.modules.<module>`` if ultralytics is loaded (a model
     of it exists only then)."""
-    return getattr(getattr(sys.modules.get(f"ultralytics.nn.modules.{module}"), cls, None), "forward", None)
+    return getattr(getattr(sys.modules.get(f"ultralytics.nn.modules.{module}"), cls, None), method, None)
 
 
-def _fused(module: nn.Module) -> bool:
-    return isinstance(vars(module).get("forward"), _FusedForward)
+def _fused(module: nn.Module) -> _FusedForward | None:
+    """The fused forward ``module`` runs, if any."""
+    return next((v for v in vars(module).values() if isinstance(v, _FusedForward)), None)
 
 
 def _conv_block(module: nn.Module | None) -> bool:
@@ -228,6 +298,8 @@ FORWARDS = {
     MaxPoolForward: lambda m, recompute: _stride_one_max_pool(m),
     FusedRepConvForward: lambda m, recompute: recompute and _rep_conv(m),
     FusedHGStemForward: lambda m, recompute: recompute and _over_cat(m, "HGStem", "stem3"),
+    FusedMLPForward: lambda m, recompute: recompute and _mlp(m),
+    FusedFFNForward: lambda m, recompute: recompute and _decoder_layer(m),
 }
 """Each fused forward and the blocks it applies to, without and with ``recompute``."""
 
@@ -235,7 +307,7 @@ FORWARDS = {
 def fusable(module: nn.Module, recompute: bool = False) -> type[_FusedForward] | None:
     """The fused forward ``fuse_bn_act`` would give ``module``, or None (not a qualifying block,
     already fused, or folded by ``model.fuse()``)."""
-    if "forward" in vars(module):
+    if "forward" in vars(module) or _fused(module):
         return None
     return next((forward for forward, applies in FORWARDS.items() if applies(module, recompute)), None)
 
@@ -252,18 +324,18 @@ def fuse_bn_act(module: nn.Module, recompute: bool = False) -> int:
     full tensor per Conv block instead of two, for one more pass over each in backward); Conv
     blocks without an activation then fuse their BatchNorm too. Blocks already fused switch to
     ``recompute`` (and count as changed when they do)."""
-    switched = [m for m in module.modules() if _fused(m) and m.forward.recompute != recompute]
-    for block in switched:
-        block.forward.recompute = recompute
+    switched = [f for m in module.modules() if (f := _fused(m)) and f.recompute != recompute]
+    for forward in switched:
+        forward.recompute = recompute
     blocks = [(m, forward) for m in module.modules() if (forward := fusable(m, recompute))]
     for block, forward in blocks:
-        block.forward = forward(block, recompute)
+        setattr(block, forward.method, forward(block, recompute))
     return len(switched) + len(blocks)
 
 
 def unfuse_bn_act(module: nn.Module) -> int:
     """Undo ``fuse_bn_act`` in ``module``; returns how many blocks went back to their class's forward."""
-    blocks = [m for m in module.modules() if _fused(m)]
-    for block in blocks:
-        del block.forward
-    return len(blocks)
+    forwards = [f for m in module.modules() if (f := _fused(m))]
+    for forward in forwards:
+        delattr(forward.block, forward.method)
+    return len(forwards)
