@@ -166,9 +166,13 @@ def test_rtdetr_fuse_unfuse_pickle_and_model_fuse(pytorch_path):
 
 def test_rtdetr_l_saves_at_most_three_quarters_of_eager(pytorch_path):
     """Issue 5's whole-model target at 640x640, batch 1, SiLU everywhere; fuse_bn="recompute"
-    keeps a further 267 MiB of block outputs out (0.485x measured, CPU)."""
+    keeps a further 282 MiB out (0.471x measured, CPU), and meets it at 128x128 too, where the
+    decoder holds most of the bytes (0.714x measured; fuse_bn=True 0.907x)."""
     from benchmarks.breakdown import _variants, measure
 
-    saved = measure(_variants("silu"), (1, 3, 640, 640))
+    models = _variants("silu")
+    saved = measure(models, (1, 3, 640, 640))
     assert saved["fuse_bn"].nbytes <= 0.75 * saved["eager"].nbytes
-    assert saved["recompute"].nbytes <= 0.51 * saved["eager"].nbytes
+    assert saved["recompute"].nbytes <= 0.49 * saved["eager"].nbytes
+    small = measure({k: models[k] for k in ("eager", "recompute")}, (1, 3, 128, 128))
+    assert small["recompute"].nbytes <= 0.73 * small["eager"].nbytes
