@@ -239,6 +239,23 @@ def test_mlp_keeps_what_its_activations_keep(act):
     assert kept - recomputed == (0 if act in ("relu", "leaky_relu") else hidden)
 
 
+def test_unfuse_and_pickle_restore_every_method(pytorch_path):
+    """RT-DETR-l under recompute pickles with its fused forwards (the decoder's replace
+    ``forward_ffn``), and ``unfuse_bn_act`` takes every one of them off again."""
+    from ultralytics.nn.tasks import RTDETRDetectionModel
+
+    from rtdetr_fused.integrations.fuse_bn import FusedFFNForward, _FusedForward, unfuse_bn_act
+
+    model = RTDETRDetectionModel("rtdetr-l.yaml", nc=2, verbose=False)
+    n = fuse_bn_act(model, recompute=True)
+    ffn = [m for m in model.modules() if isinstance(vars(m).get("forward_ffn"), FusedFFNForward)]
+    assert len(ffn) == 6
+    loaded = torch.load(io.BytesIO(_saved(model)), weights_only=False)
+    assert sum(isinstance(v, _FusedForward) for m in loaded.modules() for v in vars(m).values()) == n
+    assert unfuse_bn_act(model) == n
+    assert not any(isinstance(v, _FusedForward) for m in model.modules() for v in vars(m).values())
+
+
 def test_model_fuse_folds_a_recompute_model(pytorch_path):
     """model.fuse() (BN folded into the convs, RepConvs merged) on an RT-DETR-l under recompute:
     the same outputs, with autograd on (the fused forwards step aside)."""
