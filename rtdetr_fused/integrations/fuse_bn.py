@@ -18,8 +18,9 @@ Ultralytics is never imported:
   of the concatenation, and runs ``sc``'s BatchNorm+activation fused when ``act`` is supported;
 - a stride-1 ``nn.MaxPool2d`` (HGStem's, SPPF's) saves its input instead of int64 indices;
 - with ``recompute``, a ``RepConv`` (RT-DETR's RepC3) keeps neither its branches' sum nor its
-  output: its activation and the next RepConv's convs recompute them; and an ``HGStem`` keeps
-  neither its padded maps nor its concatenation.
+  output: its activation and the next RepConv's convs recompute them; an ``HGStem`` keeps
+  neither its padded maps nor its concatenation; and RT-DETR's decoder MLP heads and
+  feed-forward layers (``forward_ffn``) recompute their activations' outputs in backward.
 """
 
 import sys
