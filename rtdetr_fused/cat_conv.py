@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .recompute import keep, recipe_of, restore
+from .recompute import recipe_of, save_for_backward, saved_tensors
 
 
 class _CatConv2d(torch.autograd.Function):
@@ -30,15 +30,13 @@ class _CatConv2d(torch.autograd.Function):
         ctx.conv = (stride, padding, dilation, groups)
         ctx.dtype = out.dtype  # autocast runs the convolution in its own dtype: backward does too
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        kept, ctx.plans = keep(pieces)
-        ctx.save_for_backward(weight, *kept)
+        save_for_backward(ctx, weight, *pieces)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        weight, *kept = ctx.saved_tensors
-        pieces = restore(kept, ctx.plans)
+        weight, *pieces = saved_tensors(ctx)
         stride, padding, dilation, groups = ctx.conv
         needs = ctx.needs_input_grad
         x = _cat(pieces).to(ctx.dtype)

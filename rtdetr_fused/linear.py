@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.autograd.function import once_differentiable
 
-from .recompute import keep, recipe_of, restore
+from .recompute import recipe_of, save_for_backward, saved_tensors
 
 
 class _Linear(torch.autograd.Function):
@@ -20,15 +20,13 @@ class _Linear(torch.autograd.Function):
         out = F.linear(x, weight, bias)
         ctx.dtype = out.dtype  # autocast runs the matmul in its own dtype: backward does too
         ctx.bias_dtype = bias.dtype if bias is not None else None
-        kept, ctx.plans = keep([x])
-        ctx.save_for_backward(weight, *kept)
+        save_for_backward(ctx, weight, x)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        weight, *kept = ctx.saved_tensors
-        (x,) = restore(kept, ctx.plans)
+        weight, x = saved_tensors(ctx)
         w = weight.to(ctx.dtype)
         grad_x = grad.matmul(w).to(x.dtype) if ctx.needs_input_grad[0] else None
         rows = grad.reshape(-1, grad.shape[-1])

@@ -14,21 +14,20 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 from torch.nn.modules.utils import _pair
 
-from .recompute import keep, restore
+from .recompute import save_for_backward, saved_tensors
 
 
 class _MaxPool2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, kernel_size, stride, padding, dilation, ceil_mode: bool) -> torch.Tensor:
         ctx.args = (_pair(kernel_size), _pair(stride), _pair(padding), _pair(dilation), ceil_mode)
-        kept, ctx.plans = keep([x])
-        ctx.save_for_backward(*kept)
+        save_for_backward(ctx, x)
         return F.max_pool2d(x, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: torch.Tensor):
-        (x,) = restore(ctx.saved_tensors, ctx.plans)
+        (x,) = saved_tensors(ctx)
         _, indices = F.max_pool2d(x, *ctx.args, return_indices=True)
         grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, *ctx.args, indices)
         return grad_x, None, None, None, None, None

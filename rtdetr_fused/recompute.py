@@ -90,3 +90,14 @@ def restore(flat: Sequence[torch.Tensor | None], plans: Sequence[Kept]) -> list[
         return x if plan.view is None else x.as_strided(*plan.view)
 
     return [rebuild(plan) for plan in plans]
+
+
+def save_for_backward(ctx, *tensors: torch.Tensor | None) -> None:
+    """``ctx.save_for_backward(*tensors)`` for an op of ours, a tagged tensor's recipe in its place."""
+    kept, ctx.plans = keep(tensors)
+    ctx.save_for_backward(*kept)
+
+
+def saved_tensors(ctx) -> list[torch.Tensor | None]:
+    """The tensors ``save_for_backward`` was given, tagged ones recomputed."""
+    return restore(ctx.saved_tensors, ctx.plans)

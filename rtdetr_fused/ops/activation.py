@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..recompute import keep, restore
+from ..recompute import save_for_backward, saved_tensors
 from .common import Routed, check_float, dense, exporting, interpreting, is_dense, like, with_strides
 
 aten = torch.ops.aten
@@ -121,13 +121,12 @@ def _setup_context(ctx, inputs, output) -> None:
     x, name, alpha = inputs
     ctx.name, ctx.alpha = name, alpha
     # A tagged input (RepConv's sum under fuse_bn="recompute") is kept as its recipe.
-    kept, ctx.plans = keep([output if SPECS[name].saves_output(alpha) else x])
-    ctx.save_for_backward(*kept)
+    save_for_backward(ctx, output if SPECS[name].saves_output(alpha) else x)
 
 
 def _backward_with(backward: Callable) -> Callable:
     def _backward(ctx, grad: torch.Tensor):
-        (saved,) = restore(ctx.saved_tensors, ctx.plans)
+        (saved,) = saved_tensors(ctx)
         return backward(saved, grad, ctx.name, ctx.alpha), None, None
 
     return _backward
@@ -264,8 +263,7 @@ class InplaceAct(torch.autograd.Function):
         saved = None if keep_output else x.clone()
         ACT_(x, name, alpha)
         ctx.mark_dirty(x)
-        kept, ctx.plans = keep([x if keep_output else saved])  # x changed in place: no recipe holds
-        ctx.save_for_backward(*kept)
+        save_for_backward(ctx, x if keep_output else saved)  # x changed in place: no recipe holds
         ctx.name, ctx.alpha = name, alpha
         return x
 

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch
 
 from ..kernels import accumulate_dtype
-from ..recompute import keep, restore
+from ..recompute import save_for_backward, saved_tensors
 from .common import Routed, check_float, check_same_device, dense, device_programs, exporting, interpreting, like
 
 
@@ -91,13 +91,12 @@ def _prelu_backward_fake(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    kept, ctx.plans = keep(inputs)  # a tagged input (RepConv's sum under fuse_bn="recompute"): its recipe
-    ctx.save_for_backward(*kept)
+    save_for_backward(ctx, *inputs)  # a tagged input (RepConv's sum under fuse_bn="recompute"): its recipe
 
 
 def _backward_with(backward: Callable) -> Callable:
     def _backward(ctx, grad: torch.Tensor):
-        x, weight = restore(ctx.saved_tensors, ctx.plans)
+        x, weight = saved_tensors(ctx)
         return backward(x, weight, grad)
 
     return _backward
