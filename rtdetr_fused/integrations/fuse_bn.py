@@ -57,6 +57,14 @@ class _FusedForward:
     def __repr__(self) -> str:
         return f"{type(self).__name__}({type(self.block).__name__}{', recompute' if self.recompute else ''})"
 
+    def original(self, *args: torch.Tensor) -> torch.Tensor:
+        """The block's class's own ``method``."""
+        return getattr(type(self.block), self.method)(self.block, *args)
+
+    def recomputing(self) -> bool:
+        """Whether outputs get tagged now: with ``recompute``, in eager autograd only."""
+        return self.recompute and torch.is_grad_enabled() and not exporting() and not compiling()
+
 
 class FusedConvForward(_FusedForward):
     """``act(bn(conv(x)))`` of a Conv block with BN and activation fused. With ``recompute`` the
@@ -82,7 +90,7 @@ class FusedHGBlockForward(_FusedForward):
         block = self.block
         sc = block.sc
         if not torch.is_grad_enabled() or exporting() or not _conv_block(sc):
-            return type(block).forward(block, x)
+            return self.original(x)
         y = [x]
         y.extend(m(y[-1]) for m in block.m)
         z = block.ec(_conv_block_over(sc, y, self.recompute))
@@ -98,8 +106,8 @@ class FusedRepConvForward(_FusedForward):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
-        if not (self.recompute and torch.is_grad_enabled()) or exporting() or compiling():
-            return type(block).forward(block, x)
+        if not self.recomputing():
+            return self.original(x)
         branches = [block.conv1(x), block.conv2(x)]
         if block.bn is not None:
             branches.append(block.bn(x))
@@ -128,13 +136,8 @@ class FusedHGStemForward(_FusedForward):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
-        if (
-            not (self.recompute and torch.is_grad_enabled())
-            or exporting()
-            or compiling()
-            or not _conv_block(block.stem3)
-        ):
-            return type(block).forward(block, x)
+        if not self.recomputing() or not _conv_block(block.stem3):
+            return self.original(x)
         x = _padded(block.stem1(x))
         x2 = block.stem2b(_padded(block.stem2a(x)))
         return block.stem4(_conv_block_over(block.stem3, [block.pool(x), x2], True))
@@ -166,8 +169,8 @@ class FusedMLPForward(_FusedForward):
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mlp = self.block
-        if not (self.recompute and torch.is_grad_enabled()) or exporting() or compiling():
-            return type(mlp).forward(mlp, x)
+        if not self.recomputing():
+            return self.original(x)
         orig_x = x
         for i, layer in enumerate(mlp.layers):
             x = linear(x, layer)
@@ -188,8 +191,8 @@ class FusedFFNForward(_FusedForward):
 
     def __call__(self, tgt: torch.Tensor) -> torch.Tensor:
         layer = self.block
-        if not (self.recompute and torch.is_grad_enabled()) or exporting() or compiling():
-            return type(layer).forward_ffn(layer, tgt)
+        if not self.recomputing():
+            return self.original(tgt)
         tgt2 = linear(layer.dropout3(_tagged_act(layer.act, layer.linear1(tgt))), layer.linear2)
         return layer.norm3(tgt + layer.dropout4(tgt2))
 
@@ -221,10 +224,10 @@ class MaxPoolForward(_FusedForward):
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         pool = self.block
         if not (torch.is_grad_enabled() and x.requires_grad) or exporting():
-            return type(pool).forward(pool, x)
+            return self.original(x)
         args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
         out = max_pool2d(x, *args)
-        if self.recompute and not compiling():
+        if self.recomputing():
             tag(out, F.max_pool2d, (x,), args)
         return out
 
