@@ -333,10 +333,11 @@ def _backward_kernel(
 
 # --- one program per channel: small maps ------------------------------------------------------
 # Where a channel has few elements (RT-DETR-l's 20x20 maps at batch 16: 6400), one program per
-# channel reduces it whole, so the statistics need one kernel instead of two and backward's
-# sums one instead of a kernel and a sum over partials: fewer launches where launches are what
-# costs. The storage is NCHW-like, [A, C, B] with B = x.stride(1) > 1, and a program walks its
-# channel's A rows of B contiguous elements.
+# channel reduces it whole, so a training forward is one kernel (statistics, running update,
+# output) and a backward one more (sums, then dx; the parameter grads stored in their dtypes):
+# fewer launches where launches are what costs. Given statistics (eval, recompute) run the same
+# kernel, so a recomputed output has the bits of the original. The storage is NCHW-like,
+# [A, C, B] with B = x.stride(1) > 1, and a program walks its channel's A rows of B elements.
 
 
 @triton.jit
@@ -349,25 +350,9 @@ def _channel_tile(a0, b0, c, A, C, B, BLOCK_A: tl.constexpr, BLOCK_B: tl.constex
 
 
 @triton.jit
-def _channel_stats_kernel(
-    x_ptr,
-    mean_ptr,
-    invstd_ptr,
-    rm_ptr,
-    rv_ptr,
-    A,
-    C,
-    B,
-    eps: tl.float64,
-    factor: tl.float64,
-    UPDATE: tl.constexpr,
-    BLOCK_A: tl.constexpr,
-    BLOCK_B: tl.constexpr,
-):
-    """Mean, 1 / sqrt(var + eps) and (UPDATE) the running statistics of one channel: a pass for
-    the mean, a second for the squares about it (no cancellation), in a fixed order."""
-    acc = mean_ptr.dtype.element_ty
-    c = tl.program_id(0).to(tl.int64)
+def _channel_statistics(x_ptr, c, A, C, B, eps, acc: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
+    """(mean, 1 / sqrt(var + eps), M2) of channel c: a pass for the mean, a second for the
+    squares about it (no cancellation), in a fixed order."""
     total = tl.zeros([BLOCK_A, BLOCK_B], dtype=acc)
     for a0 in range(0, A, BLOCK_A):
         for b0 in range(0, B, BLOCK_B):
@@ -382,10 +367,58 @@ def _channel_stats_kernel(
             d = tl.where(mask, upcast(tl.load(x_ptr + offs, mask=mask, other=0.0)) - mean, 0.0)
             squares += d * d
     m2 = tl.sum(tl.sum(squares, axis=1), axis=0)
-    tl.store(mean_ptr + c, mean)
-    tl.store(invstd_ptr + c, _rsqrt(m2 / n + eps))
-    if UPDATE:
-        _update_running(rm_ptr, rv_ptr, c, c < C, mean, m2, n, factor)
+    return mean, _rsqrt(m2 / n + eps).to(acc), m2
+
+
+@triton.jit
+def _channel_forward_kernel(
+    x_ptr,
+    y_ptr,
+    mean_ptr,
+    invstd_ptr,
+    rm_ptr,
+    rv_ptr,
+    w_ptr,
+    b_ptr,
+    a_ptr,
+    A,
+    C,
+    B,
+    eps: tl.float64,
+    factor: tl.float64,
+    STATS: tl.constexpr,
+    UPDATE: tl.constexpr,
+    FN: tl.constexpr,
+    ALPHA: tl.constexpr,
+    PRELU: tl.constexpr,
+    BLOCK_A: tl.constexpr,
+    BLOCK_B: tl.constexpr,
+):
+    """y = act((x - mean) * invstd * w + b) over one channel. STATS: the batch's mean and
+    invstd first, stored, and the running statistics updated when UPDATE; else loaded."""
+    acc = mean_ptr.dtype.element_ty
+    c = tl.program_id(0).to(tl.int64)
+    if STATS:
+        mean, invstd, m2 = _channel_statistics(x_ptr, c, A, C, B, eps, acc, BLOCK_A, BLOCK_B)
+        tl.store(mean_ptr + c, mean)
+        tl.store(invstd_ptr + c, invstd)
+        if UPDATE:
+            _update_running(rm_ptr, rv_ptr, c, c < C, mean, m2, tl.cast(A * B, acc), factor)
+    else:
+        mean = tl.load(mean_ptr + c)
+        invstd = tl.load(invstd_ptr + c)
+    w = upcast(tl.load(w_ptr + c))
+    bias = upcast(tl.load(b_ptr + c))
+    if PRELU:
+        alpha = upcast(tl.load(a_ptr + c))
+    else:
+        alpha = ALPHA
+    for a0 in range(0, A, BLOCK_A):
+        for b0 in range(0, B, BLOCK_B):
+            offs, mask = _channel_tile(a0, b0, c, A, C, B, BLOCK_A, BLOCK_B)
+            x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
+            y = FN((x - mean) * invstd * w + bias, alpha)
+            tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -398,7 +431,9 @@ def _channel_backward_kernel(
     w_ptr,
     b_ptr,
     a_ptr,
-    sums_ptr,
+    gw_ptr,
+    gb_ptr,
+    ga_ptr,
     A,
     C,
     B,
@@ -409,12 +444,13 @@ def _channel_backward_kernel(
     BLOCK_A: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    """One channel's sums (gz, gz * xhat and, for PReLU, z * g where z <= 0, into sums_ptr
-    [2 or 3, C]) and then its dx, as ``_backward_reduce_kernel`` and ``_backward_kernel``."""
-    acc = sums_ptr.dtype.element_ty
+    """One channel's sums (gz into the bias grad, gz * xhat into the weight grad and, for PReLU,
+    z * g where z <= 0 into its weight's) and then its dx, as ``_backward_reduce_kernel`` and
+    ``_backward_kernel``."""
+    acc = mean_ptr.dtype.element_ty
     c = tl.program_id(0).to(tl.int64)
-    mean = upcast(tl.load(mean_ptr + c))
-    invstd = upcast(tl.load(invstd_ptr + c))
+    mean = tl.load(mean_ptr + c)
+    invstd = tl.load(invstd_ptr + c)
     w = upcast(tl.load(w_ptr + c))
     bias = upcast(tl.load(b_ptr + c))
     if PRELU:
@@ -438,10 +474,10 @@ def _channel_backward_kernel(
                 sum_a += tl.where(z > 0.0, 0.0, z * g)
     total_gz = tl.sum(tl.sum(sum_gz, axis=1), axis=0)
     total_gzx = tl.sum(tl.sum(sum_gzx, axis=1), axis=0)
-    tl.store(sums_ptr + c, total_gz)
-    tl.store(sums_ptr + C + c, total_gzx)
+    tl.store(gb_ptr + c, total_gz.to(gb_ptr.dtype.element_ty))
+    tl.store(gw_ptr + c, total_gzx.to(gw_ptr.dtype.element_ty))
     if PRELU:
-        tl.store(sums_ptr + 2 * C + c, tl.sum(tl.sum(sum_a, axis=1), axis=0))
+        tl.store(ga_ptr + c, tl.sum(tl.sum(sum_a, axis=1), axis=0).to(ga_ptr.dtype.element_ty))
     n = tl.cast(A * B, acc)
     for a0 in range(0, A, BLOCK_A):
         for b0 in range(0, B, BLOCK_B):
@@ -500,6 +536,34 @@ def _channel_blocks(x: torch.Tensor) -> tuple[int, int, int, int, int] | None:
     return a, c, b, min(triton.next_power_of_2(a), max(1, tile // block_b)), block_b
 
 
+def train_forward(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    act_weight: torch.Tensor | None,
+    name: str,
+    alpha: float,
+    programs: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """out = act(BN(x)) with ``x``'s batch statistics, returned: mean and 1 / sqrt(var + eps) per
+    channel in the accumulation dtype. Updates the running statistics in place when given.
+    ``x`` (at least two values per channel) and ``out`` as in ``forward``."""
+    acc = accumulate_dtype(x)
+    mean, invstd = (torch.empty(x.shape[1], dtype=acc, device=x.device) for _ in range(2))
+    if blocks := _channel_blocks(x):
+        _channel_forward(blocks, x, out, mean, invstd, weight, bias, act_weight, name, alpha,
+                         (running_mean, running_var, momentum, eps))  # fmt: skip
+    else:
+        _statistics(x, mean, invstd, running_mean, running_var, momentum, eps, programs)
+        forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha)
+    return mean, invstd
+
+
 def statistics(
     x: torch.Tensor,
     running_mean: torch.Tensor | None,
@@ -509,17 +573,25 @@ def statistics(
     programs: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch mean and 1 / sqrt(var + eps) per channel of a dense 4-D ``x`` (at least two values
-    per channel); updates the running statistics in place when given."""
-    acc = accumulate_dtype(x)
+    per channel), by the split reduction; updates the running statistics in place when given."""
+    mean, invstd = (torch.empty(x.shape[1], dtype=accumulate_dtype(x), device=x.device) for _ in range(2))
+    _statistics(x, mean, invstd, running_mean, running_var, momentum, eps, programs)
+    return mean, invstd
+
+
+def _statistics(
+    x: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+    programs: int,
+) -> None:
+    """The split reduction: partial statistics over strips, then a fixed-order merge."""
+    acc = mean.dtype
     update = running_mean is not None
-    if blocks := _channel_blocks(x):
-        a, c, b, block_a, block_b = blocks
-        mean, invstd = torch.empty(c, dtype=acc, device=x.device), torch.empty(c, dtype=acc, device=x.device)
-        _channel_stats_kernel[(c,)](
-            x, mean, invstd, running_mean if update else mean, running_var if update else invstd, a, c, b, eps,
-            momentum, UPDATE=update, BLOCK_A=block_a, BLOCK_B=block_b, num_warps=NUM_WARPS,
-        )  # fmt: skip
-        return mean, invstd
     geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
@@ -537,8 +609,6 @@ def statistics(
         num_warps=NUM_WARPS,
     )
     c = geo.channels
-    mean = torch.empty(c, dtype=acc, device=x.device)
-    invstd = torch.empty(c, dtype=acc, device=x.device)
     block_c = min(triton.next_power_of_2(c), 32)
     _finalize_kernel[(triton.cdiv(c, block_c),)](
         partials,
@@ -560,7 +630,32 @@ def statistics(
         BLOCK_C=block_c,
         num_warps=NUM_WARPS,
     )
-    return mean, invstd
+
+
+def _channel_forward(
+    blocks: tuple[int, int, int, int, int],
+    x: torch.Tensor,
+    out: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    act_weight: torch.Tensor | None,
+    name: str,
+    alpha: float,
+    batch: tuple[torch.Tensor | None, torch.Tensor | None, float, float] | None = None,
+) -> None:
+    """``_channel_forward_kernel``; ``batch`` (running mean, running var, momentum, eps) has it
+    compute the statistics into ``mean`` and ``invstd`` first, else it reads them."""
+    n_a, c, b, block_a, block_b = blocks
+    running_mean, running_var, momentum, eps = batch or (None, None, 0.0, 0.0)
+    update = running_mean is not None
+    _channel_forward_kernel[(c,)](
+        x, out, mean, invstd, running_mean if update else mean, running_var if update else invstd, weight, bias,
+        act_weight if act_weight is not None else weight, n_a, c, b, eps, momentum, STATS=batch is not None,
+        UPDATE=update, FN=_formula(name, False), ALPHA=alpha, PRELU=name == "prelu", BLOCK_A=block_a,
+        BLOCK_B=block_b, num_warps=NUM_WARPS,
+    )  # fmt: skip
 
 
 def forward(
@@ -574,8 +669,12 @@ def forward(
     name: str,
     alpha: float,
 ) -> None:
-    """out = act(BN(x)); ``x`` and ``out`` dense with the same strides, per-channel vectors
-    contiguous with C elements (``act_weight``: PReLU's, for ``name == "prelu"``)."""
+    """out = act(BN(x)) with the given statistics; ``x`` and ``out`` dense with the same strides,
+    per-channel vectors contiguous with C elements (``act_weight``: PReLU's, for
+    ``name == "prelu"``)."""
+    if blocks := _channel_blocks(x):
+        _channel_forward(blocks, x, out, mean, invstd, weight, bias, act_weight, name, alpha)
+        return
     geo = geometry(x, x.shape[1], block_size(x.dtype))
     k_blocks = triton.cdiv(geo.cols, geo.block_k)
     _forward_kernel[(triton.cdiv(geo.rows, geo.block_r) * k_blocks,)](
@@ -604,6 +703,9 @@ def backward(
     x: torch.Tensor,
     grad: torch.Tensor,
     grad_x: torch.Tensor,
+    grad_weight: torch.Tensor,
+    grad_bias: torch.Tensor,
+    grad_act_weight: torch.Tensor | None,
     mean: torch.Tensor,
     invstd: torch.Tensor,
     weight: torch.Tensor,
@@ -613,21 +715,21 @@ def backward(
     name: str,
     alpha: float,
     programs: int,
-) -> torch.Tensor:
-    """Write grad_x; return the per-channel sums [grad bias, grad weight(, grad PReLU weight)]
-    in the accumulation dtype. ``x``, ``grad`` and ``grad_x`` share strides."""
-    acc = accumulate_dtype(x)
+) -> None:
+    """Write grad_x and the grads of the BN weight and bias and, for PReLU, of ``act_weight``
+    (each in its own dtype). ``x``, ``grad`` and ``grad_x`` share strides."""
+    acc = mean.dtype
     prelu = name == "prelu"
     a = act_weight if prelu else weight
     common = dict(FN=_formula(name, True), ALPHA=alpha, PRELU=prelu, num_warps=NUM_WARPS)
     if blocks := _channel_blocks(x):
         n_a, c, b, block_a, block_b = blocks
-        sums = torch.empty((3 if prelu else 2, c), dtype=acc, device=x.device)
         _channel_backward_kernel[(c,)](
-            x, grad, grad_x, mean, invstd, weight, bias, a, sums, n_a, c, b, TRAINING=training, BLOCK_A=block_a,
+            x, grad, grad_x, mean, invstd, weight, bias, a, grad_weight, grad_bias,
+            grad_act_weight if prelu else grad_weight, n_a, c, b, TRAINING=training, BLOCK_A=block_a,
             BLOCK_B=block_b, **common,
         )  # fmt: skip
-        return sums
+        return
     geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
@@ -674,4 +776,7 @@ def backward(
         BLOCK_K=geo.block_k,
         **common,
     )
-    return sums
+    grad_bias.copy_(sums[0])
+    grad_weight.copy_(sums[1])
+    if prelu:
+        grad_act_weight.copy_(sums[2])

@@ -245,33 +245,37 @@ def _bn_act_entries() -> list[Entry]:
                 )
         # One program per channel (small NCHW maps): RT-DETR-l's 20x20 at batch 16, A = 16, B = 400.
         blocks = {"BLOCK_A": 8, "BLOCK_B": 256}
-        sig = {"x_ptr": ptr, "mean_ptr": acc, "invstd_ptr": acc, "rm_ptr": "*fp32", "rv_ptr": "*fp32"}
-        sig |= {"A": "i32", "C": "i32", "B": "i32", "eps": "fp64", "factor": "fp64"}
-        sig |= dict.fromkeys(("UPDATE", "BLOCK_A", "BLOCK_B"), "constexpr")
-        entries.append(
-            Entry(
-                "bn stats (program per channel)",
-                dt,
-                bn_act._channel_stats_kernel,
-                sig,
-                {"UPDATE": True, **blocks},
-                (0, 7),
-                pointwise.NUM_WARPS,
-            )
-        )
         for name, is_prelu in (("silu", False), ("leaky_relu", True)):
-            sig = {"x_ptr": ptr, "g_ptr": ptr, "dx_ptr": ptr, **dict.fromkeys(per_channel, acc), "sums_ptr": acc}
-            sig |= {"A": "i32", "C": "i32", "B": "i32"}
-            sig |= dict.fromkeys(("FN", "ALPHA", "PRELU", "TRAINING", "BLOCK_A", "BLOCK_B"), "constexpr")
-            const = {"FN": FORMULAS[name][1], "ALPHA": 0.0, "PRELU": is_prelu, "TRAINING": True, **blocks}
+            act = "prelu" if is_prelu else name
+            fwd, bwd = FORMULAS[name]
+            sig = {"x_ptr": ptr, "y_ptr": ptr, "mean_ptr": acc, "invstd_ptr": acc, "rm_ptr": "*fp32", "rv_ptr": "*fp32"}
+            sig |= dict.fromkeys(("w_ptr", "b_ptr", "a_ptr"), acc)
+            sig |= {"A": "i32", "C": "i32", "B": "i32", "eps": "fp64", "factor": "fp64"}
+            sig |= dict.fromkeys(("STATS", "UPDATE", "FN", "ALPHA", "PRELU", "BLOCK_A", "BLOCK_B"), "constexpr")
+            const = {"STATS": True, "UPDATE": True, "FN": fwd, "ALPHA": 0.0, "PRELU": is_prelu, **blocks}
             entries.append(
                 Entry(
-                    f"bn+{'prelu' if is_prelu else name} backward (program per channel)",
+                    f"bn+{act} training forward (program per channel)",
+                    dt,
+                    bn_act._channel_forward_kernel,
+                    sig,
+                    const,
+                    (0, 1, 11),
+                    pointwise.NUM_WARPS,
+                )
+            )
+            sig = {"x_ptr": ptr, "g_ptr": ptr, "dx_ptr": ptr, **dict.fromkeys(per_channel, acc)}
+            sig |= dict.fromkeys(("gw_ptr", "gb_ptr", "ga_ptr"), acc) | {"A": "i32", "C": "i32", "B": "i32"}
+            sig |= dict.fromkeys(("FN", "ALPHA", "PRELU", "TRAINING", "BLOCK_A", "BLOCK_B"), "constexpr")
+            const = {"FN": bwd, "ALPHA": 0.0, "PRELU": is_prelu, "TRAINING": True, **blocks}
+            entries.append(
+                Entry(
+                    f"bn+{act} backward (program per channel)",
                     dt,
                     bn_act._channel_backward_kernel,
                     sig,
                     const,
-                    (0, 1, 2, 11),
+                    (0, 1, 2, 13),
                     pointwise.NUM_WARPS,
                 )
             )

@@ -102,16 +102,18 @@ def batch_norm_act(
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
 
     acc = accumulate_dtype(input)
-    if training:
-        mean, invstd = _ops.BN_STATS(input.detach(), running_mean, running_var, float(momentum), float(eps))
-    else:
-        mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
     weight = weight.reshape(c).contiguous() if weight is not None else input.new_ones(c, dtype=acc)
     bias = bias.reshape(c).contiguous() if bias is not None else input.new_zeros(c, dtype=acc)
     if act_weight is not None:
         act_weight = act_weight.reshape(-1).expand(c).contiguous()  # autograd sums a shared weight's grad
+    if training:
+        out, mean, invstd = _ops.BN_ACT_TRAIN(
+            input, running_mean, running_var, weight, bias, act_weight, float(momentum), float(eps), act, float(alpha)
+        )
+    else:
+        mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
+        out = _ops.BN_ACT(input, mean, invstd, weight, bias, act_weight, training, act, float(alpha))
     tensors, args = (input, mean, invstd, weight, bias, act_weight), (training, act, float(alpha))
-    out = _ops.BN_ACT(*tensors, *args)
     if recompute and out.requires_grad and not compiling():
         tag(out, _ops.BN_ACT.direct, tensors, args)
     return out

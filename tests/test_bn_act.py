@@ -154,6 +154,37 @@ def test_gradcheck(act, training, device):
     assert torch.autograd.gradcheck(fn, inputs, fast_mode=act != "silu")
 
 
+LAUNCHES = {
+    "per_channel": (["_channel_forward_kernel"], ["_channel_backward_kernel"]),
+    "split": (
+        ["_stats_kernel", "_finalize_kernel", "_forward_kernel"],
+        ["_backward_reduce_kernel", "_backward_kernel"],
+    ),
+}
+
+
+def test_kernel_launches_per_step(reduction, monkeypatch):
+    """A small map's host time is its launches: one program per channel makes a training
+    forward one kernel and backward one, with the parameter grads written in their dtypes."""
+    launches = []
+
+    class Counting:
+        def __init__(self, name: str):
+            self.name, self.kernel = name, getattr(K, name)
+
+        def __getitem__(self, grid):
+            launches.append(self.name)
+            return self.kernel[grid]
+
+    for name in [n for n in dir(K) if n.endswith("_kernel")]:
+        monkeypatch.setattr(K, name, Counting(name))
+    _, fused = make("silu", 3, "cpu", torch.float32)
+    y = fused(torch.randn(2, 3, 5, 6, requires_grad=True))
+    forward, launches[:] = launches[:], []
+    y.backward(torch.ones_like(y))
+    assert (forward, launches) == LAUNCHES[reduction]
+
+
 def test_same_bits_every_run(device):
     x = _randn((3, 5, 17, 19), torch.float32, device)
     _, first = make("mish", 5, device, torch.float32)
@@ -188,19 +219,24 @@ def test_kernels_write_every_element(shape, dtype, device):
     c = size[1]
     w, b, a = (torch.rand(c, device=device) + 0.5 for _ in range(3))
     rm, rv = torch.zeros(c, device=device), torch.ones(c, device=device)
-    mean, invstd = K.statistics(x, rm, rv, 0.5, 1e-5, programs=3)
+    y = torch.full_like(x, float("nan"))
+    mean, invstd = K.train_forward(x, y, rm, rv, 0.5, 1e-5, w, b, a, "prelu", 0.0, programs=3)
     var64, mean64 = torch.var_mean(x.double(), dim=(0, 2, 3), correction=0)
     torch.testing.assert_close(mean.double(), mean64, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(invstd.double(), torch.rsqrt(var64 + 1e-5), rtol=1e-5, atol=1e-5)
-    y = torch.full_like(x, float("nan"))
-    K.forward(x, y, mean, invstd, w, b, a, "prelu", 0.0)
+    torch.testing.assert_close(rm.double(), 0.5 * mean64, rtol=1e-5, atol=1e-5)
+    given = torch.full_like(x, float("nan"))
+    K.forward(x, given, mean, invstd, w, b, a, "prelu", 0.0)
+    assert torch.equal(given, y)  # a recomputed output has the bits of the original
     g = torch.randn_like(x)
-    gx = torch.full_like(x, float("nan"))
-    sums = K.backward(x, g, gx, mean, invstd, w, b, a, True, "prelu", 0.0, programs=3)
-    for t in (y, gx, sums):
-        assert not t.isnan().any()
-    ref_y = torch.prelu(F.batch_norm(x.double(), None, None, w.double(), b.double(), True), a.double())
+    grads = [torch.full_like(t, float("nan")) for t in (x, w, b, a)]
+    K.backward(x, g, *grads, mean, invstd, w, b, a, True, "prelu", 0.0, programs=3)
+    leaves = [t.double().requires_grad_() for t in (x, w, b, a)]
+    ref_y = torch.prelu(F.batch_norm(leaves[0], None, None, leaves[1], leaves[2], True), leaves[3])
+    ref_grads = torch.autograd.grad(ref_y, leaves, g.double())
     torch.testing.assert_close(y.double(), ref_y, rtol=TOL[dtype], atol=TOL[dtype])
+    for got, want in zip(grads, ref_grads):  # grad_x, then sums over N * H * W elements
+        torch.testing.assert_close(got.double(), want, rtol=TOL[dtype], atol=TOL[dtype] * (x.numel() // c) ** 0.5)
 
 
 def test_non_dense_input(device):

@@ -5,15 +5,19 @@
   it runs on the detached input, and ``bn_act``'s backward differentiates through the
   statistics itself.
 - ``rtdetr_fused::bn_act(x, mean, invstd, weight, bias, act_weight?, training, name, alpha)``:
-  ``act((x - mean) * invstd * weight + bias)``. Saved for backward: ``x``, ``mean``,
-  ``invstd``, ``weight``, ``bias`` (and PReLU's ``act_weight``), never the output, so a
-  Conv -> BN+act -> Conv chain keeps two full tensors per block (the conv's input and output).
-  ``training`` says the statistics are this batch's, which adds their gradient terms.
-- ``rtdetr_fused::bn_act_backward``: grad of x, weight, bias and act_weight in two passes.
+  ``act((x - mean) * invstd * weight + bias)``. ``training`` says the statistics are this
+  batch's, which adds their gradient terms.
+- ``rtdetr_fused::bn_act_backward``: grad of x, weight, bias and act_weight.
+- ``BN_ACT_TRAIN``: training mode's ``bn_stats`` then ``bn_act`` in one call, ``(out, mean,
+  invstd)``: eagerly one kernel on small maps (``kernels.bn_act.train_forward``); torch.compile
+  sees the two ops (a custom op that mutates its arguments cannot have an autograd formula).
 
-Per-channel tensors are float32 (float64 for float64 input) except ``weight``, ``bias`` and
-``act_weight``, which keep their own dtype. On CPU tensors the ops run the Triton kernels
-under ``TRITON_INTERPRET=1`` and PyTorch references otherwise.
+``bn_act`` saves ``x``, ``mean``, ``invstd``, ``weight``, ``bias`` (and PReLU's
+``act_weight``) for backward, never the output, so a Conv -> BN+act -> Conv chain keeps two
+full tensors per block (the conv's input and output). Per-channel tensors are float32 (float64
+for float64 input) except ``weight``, ``bias`` and ``act_weight``, which keep their own dtype.
+On CPU tensors the ops run the Triton kernels under ``TRITON_INTERPRET=1`` and PyTorch
+references otherwise.
 """
 
 from collections.abc import Callable
@@ -119,6 +123,42 @@ def _bn_act_fake(x, mean, invstd, weight, bias, act_weight, training, name, alph
     return torch.empty_like(x)
 
 
+# --- bn_act_train: training forward, statistics and output in one call ---------------------
+
+
+def _bn_act_train_triton(
+    x: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    act_weight: torch.Tensor | None,
+    momentum: float,
+    eps: float,
+    name: str,
+    alpha: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = dense(x)
+    out = torch.empty_like(x)
+    mean, invstd = _kernels().train_forward(
+        x, out, running_mean, running_var, momentum, eps, weight, bias, act_weight, name, alpha, device_programs(x)
+    )
+    return out, mean, invstd
+
+
+def _bn_act_train_cpu(x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha):
+    if interpreting():
+        return _bn_act_train_triton(x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha)
+    mean, invstd = _bn_stats_cpu(x, running_mean, running_var, momentum, eps)
+    return _bn_act_cpu(x, mean, invstd, weight, bias, act_weight, True, name, alpha), mean, invstd
+
+
+def _bn_act_train_composed(x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha):
+    """``BN_ACT_TRAIN`` as torch.compile sees it."""
+    mean, invstd = bn_stats(x.detach(), running_mean, running_var, momentum, eps)
+    return bn_act(x, mean, invstd, weight, bias, act_weight, True, name, alpha), mean, invstd
+
+
 # --- bn_act_backward -------------------------------------------------------------------------
 
 
@@ -136,20 +176,13 @@ def _bn_act_backward_triton(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     x = dense(x)
     grad = like(grad, x)
-    grad_x = torch.empty_like(x)
-    sums = _kernels().backward(
-        x, grad, grad_x, mean, invstd, weight, bias, act_weight, training, name, alpha, device_programs(x)
-    )
-    return grad_x, *_param_grads(sums, weight, bias, act_weight)
-
-
-def _param_grads(
-    sums: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, act_weight: torch.Tensor | None
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(grad weight, grad bias, grad act_weight) from the per-channel sums [gz, gz * xhat, a]."""
-    # Copies: a custom op's outputs may not alias each other.
-    grad_a = sums[2].to(act_weight.dtype, copy=True) if act_weight is not None else weight.new_empty(0)
-    return sums[1].to(weight.dtype, copy=True), sums[0].to(bias.dtype, copy=True), grad_a
+    grad_x, grad_w, grad_b = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
+    grad_a = torch.empty_like(act_weight) if act_weight is not None else weight.new_empty(0)
+    _kernels().backward(
+        x, grad, grad_x, grad_w, grad_b, grad_a, mean, invstd, weight, bias, act_weight, training, name, alpha,
+        device_programs(x),
+    )  # fmt: skip
+    return grad_x, grad_w, grad_b, grad_a
 
 
 bn_act_backward = torch.library.custom_op(
@@ -176,7 +209,9 @@ def _bn_act_backward_cpu(x, grad, mean, invstd, weight, bias, act_weight, traini
         n = x.numel() // x.shape[1]
         gz = gz - _channel_view(sums[0] / n) - xhat * _channel_view(sums[1] / n)
     grad_x = gz * _channel_view(weight.to(z.dtype) * invstd)
-    return like(grad_x.to(x.dtype), x), *_param_grads(sums, weight, bias, act_weight)
+    # Copies: a custom op's outputs may not alias each other.
+    grad_a = sums[2].to(act_weight.dtype, copy=True) if act_weight is not None else weight.new_empty(0)
+    return like(grad_x.to(x.dtype), x), sums[1].to(weight.dtype, copy=True), sums[0].to(bias.dtype, copy=True), grad_a
 
 
 @bn_act_backward.register_fake
@@ -191,13 +226,26 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(x, mean, invstd, weight, bias, act_weight)
 
 
+def _train_setup_context(ctx, inputs, output) -> None:
+    x, _, _, weight, bias, act_weight, _, _, name, alpha = inputs
+    _, mean, invstd = output
+    ctx.mark_non_differentiable(mean, invstd)
+    ctx.training, ctx.name, ctx.alpha = True, name, alpha
+    ctx.save_for_backward(x, mean, invstd, weight, bias, act_weight)
+
+
 def _backward_with(backward: Callable) -> Callable:
-    def _backward(ctx, grad: torch.Tensor):
+    """Backward of both forwards: their first six inputs are x, two per-channel tensors, weight,
+    bias and act_weight (differentiable: x and the last three); grads of the train op's
+    statistics outputs are ignored (they are not differentiable)."""
+
+    def _backward(ctx, grad: torch.Tensor, *statistics_grads):
         x, mean, invstd, weight, bias, act_weight = ctx.saved_tensors
         grad_x, grad_w, grad_b, grad_a = backward(
             x, grad, mean, invstd, weight, bias, act_weight, ctx.training, ctx.name, ctx.alpha
         )
-        return grad_x, None, None, grad_w, grad_b, grad_a if act_weight is not None else None, None, None, None
+        grads = grad_x, None, None, grad_w, grad_b, grad_a if act_weight is not None else None
+        return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))
 
     return _backward
 
@@ -205,3 +253,11 @@ def _backward_with(backward: Callable) -> Callable:
 BN_STATS = Routed(bn_stats, _bn_stats_triton, _bn_stats_cpu)
 BN_ACT_BACKWARD = Routed(bn_act_backward, _bn_act_backward_triton, _bn_act_backward_cpu)
 BN_ACT = Routed(bn_act, _bn_act_triton, _bn_act_cpu, _setup_context, _backward_with, BN_ACT_BACKWARD)
+BN_ACT_TRAIN = Routed(
+    _bn_act_train_composed,
+    _bn_act_train_triton,
+    _bn_act_train_cpu,
+    _train_setup_context,
+    _backward_with,
+    BN_ACT_BACKWARD,
+)

@@ -91,7 +91,9 @@ class Routed:
     ``cuda`` and ``cpu`` are the op's kernels (the first argument's device picks one); with
     ``setup_context`` and ``backward`` (the custom op's autograd, written against
     ``backward_op``: called as the custom op under compile, directly in eager), eager calls
-    that need a gradient run a plain ``torch.autograd.Function`` over them.
+    that need a gradient run a plain ``torch.autograd.Function`` over them. ``op`` may instead
+    be a function of custom ops with their own autograd, computing what the kernels do: what
+    torch.compile traces in place of an eager-only fusion.
     """
 
     def __init__(
@@ -106,7 +108,8 @@ class Routed:
         self.op, self._cuda, self._cpu = op, cuda, cpu
         self.function = None
         if backward is not None:
-            op.register_autograd(backward(backward_op.op), setup_context=setup_context)
+            if isinstance(op, torch.library.CustomOpDef):
+                op.register_autograd(backward(backward_op.op), setup_context=setup_context)
             self.function = _eager_function(cuda.__name__, self.direct, setup_context, backward(backward_op.direct))
 
     def direct(self, x: torch.Tensor, *args):
