@@ -278,6 +278,27 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.rtdetr_fused.bn_stats, stats_args)
 
 
+@pytest.mark.parametrize("act", ["silu", "prelu"])
+def test_compiles_to_the_two_ops(act, device):
+    """torch.compile sees bn_stats and bn_act (the eager forward's one-kernel fusion mutates the
+    running statistics, which a custom op with autograd may not): one graph, and the outputs,
+    gradients and running statistics of eager."""
+    _, eager = make(act, 3, device, torch.float32)
+    compiled_module = copy.deepcopy(eager)
+    x = _randn((2, 3, 5, 6), torch.float32, device)
+    explanation = torch._dynamo.explain(copy.deepcopy(eager))(x)
+    assert explanation.graph_count == 1 and explanation.graph_break_count == 0
+    code = explanation.graphs[0].code
+    assert "rtdetr_fused.bn_stats" in code and "rtdetr_fused.bn_act" in code
+    backend = "aot_eager" if device == "cpu" else "inductor"
+    compiled = torch.compile(compiled_module, fullgraph=True, backend=backend)
+    g = torch.randn_like(x)
+    (y, grads), (ref_y, ref_grads) = run(compiled, x, g), run(eager, x, g)
+    torch._dynamo.reset()
+    for got, want in [(y, ref_y), *zip(grads, ref_grads), *zip(compiled_module.buffers(), eager.buffers())]:
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
 def test_rejects_bad_input():
     module = BatchNormAct2d(3)
     with pytest.raises(ValueError, match="4D input"):
