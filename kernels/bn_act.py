@@ -350,6 +350,16 @@ def _channel_tile(a0, b0, c, A, C, B, BLOCK_A: tl.constexpr, BLOCK_B: tl.constex
 
 
 @triton.jit
+def _channel_parameters(w_ptr, b_ptr, a_ptr, c, ALPHA: tl.constexpr, PRELU: tl.constexpr):
+    """Channel c's BN weight and bias and the formula's slope (PReLU's weight, else ALPHA)."""
+    if PRELU:
+        alpha = upcast(tl.load(a_ptr + c))
+    else:
+        alpha = ALPHA
+    return upcast(tl.load(w_ptr + c)), upcast(tl.load(b_ptr + c)), alpha
+
+
+@triton.jit
 def _channel_statistics(x_ptr, c, A, C, B, eps, acc: tl.constexpr, BLOCK_A: tl.constexpr, BLOCK_B: tl.constexpr):
     """(mean, 1 / sqrt(var + eps), M2) of channel c: a pass for the mean, a second for the
     squares about it (no cancellation), in a fixed order."""
@@ -407,12 +417,7 @@ def _channel_forward_kernel(
     else:
         mean = tl.load(mean_ptr + c)
         invstd = tl.load(invstd_ptr + c)
-    w = upcast(tl.load(w_ptr + c))
-    bias = upcast(tl.load(b_ptr + c))
-    if PRELU:
-        alpha = upcast(tl.load(a_ptr + c))
-    else:
-        alpha = ALPHA
+    w, bias, alpha = _channel_parameters(w_ptr, b_ptr, a_ptr, c, ALPHA, PRELU)
     for a0 in range(0, A, BLOCK_A):
         for b0 in range(0, B, BLOCK_B):
             offs, mask = _channel_tile(a0, b0, c, A, C, B, BLOCK_A, BLOCK_B)
@@ -451,12 +456,7 @@ def _channel_backward_kernel(
     c = tl.program_id(0).to(tl.int64)
     mean = tl.load(mean_ptr + c)
     invstd = tl.load(invstd_ptr + c)
-    w = upcast(tl.load(w_ptr + c))
-    bias = upcast(tl.load(b_ptr + c))
-    if PRELU:
-        alpha = upcast(tl.load(a_ptr + c))
-    else:
-        alpha = ALPHA
+    w, bias, alpha = _channel_parameters(w_ptr, b_ptr, a_ptr, c, ALPHA, PRELU)
     sum_gz = tl.zeros([BLOCK_A, BLOCK_B], dtype=acc)
     sum_gzx = tl.zeros([BLOCK_A, BLOCK_B], dtype=acc)
     sum_a = tl.zeros([BLOCK_A, BLOCK_B], dtype=acc)
@@ -553,14 +553,12 @@ def train_forward(
     """out = act(BN(x)) with ``x``'s batch statistics, returned: mean and 1 / sqrt(var + eps) per
     channel in the accumulation dtype. Updates the running statistics in place when given.
     ``x`` (at least two values per channel) and ``out`` as in ``forward``."""
-    acc = accumulate_dtype(x)
-    mean, invstd = (torch.empty(x.shape[1], dtype=acc, device=x.device) for _ in range(2))
-    if blocks := _channel_blocks(x):
-        _channel_forward(blocks, x, out, mean, invstd, weight, bias, act_weight, name, alpha,
-                         (running_mean, running_var, momentum, eps))  # fmt: skip
-    else:
-        _statistics(x, mean, invstd, running_mean, running_var, momentum, eps, programs)
+    if _channel_blocks(x) is None:  # the split reduction, then the output
+        mean, invstd = statistics(x, running_mean, running_var, momentum, eps, programs)
         forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha)
+    else:
+        mean, invstd = (torch.empty(x.shape[1], dtype=accumulate_dtype(x), device=x.device) for _ in range(2))
+        forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha, (running_mean, running_var, momentum, eps))
     return mean, invstd
 
 
@@ -573,24 +571,9 @@ def statistics(
     programs: int,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch mean and 1 / sqrt(var + eps) per channel of a dense 4-D ``x`` (at least two values
-    per channel), by the split reduction; updates the running statistics in place when given."""
-    mean, invstd = (torch.empty(x.shape[1], dtype=accumulate_dtype(x), device=x.device) for _ in range(2))
-    _statistics(x, mean, invstd, running_mean, running_var, momentum, eps, programs)
-    return mean, invstd
-
-
-def _statistics(
-    x: torch.Tensor,
-    mean: torch.Tensor,
-    invstd: torch.Tensor,
-    running_mean: torch.Tensor | None,
-    running_var: torch.Tensor | None,
-    momentum: float,
-    eps: float,
-    programs: int,
-) -> None:
-    """The split reduction: partial statistics over strips, then a fixed-order merge."""
-    acc = mean.dtype
+    per channel), by the split reduction (partials over strips, then a fixed-order merge);
+    updates the running statistics in place when given."""
+    acc = accumulate_dtype(x)
     update = running_mean is not None
     geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
@@ -609,6 +592,7 @@ def _statistics(
         num_warps=NUM_WARPS,
     )
     c = geo.channels
+    mean, invstd = (torch.empty(c, dtype=acc, device=x.device) for _ in range(2))
     block_c = min(triton.next_power_of_2(c), 32)
     _finalize_kernel[(triton.cdiv(c, block_c),)](
         partials,
@@ -630,32 +614,7 @@ def _statistics(
         BLOCK_C=block_c,
         num_warps=NUM_WARPS,
     )
-
-
-def _channel_forward(
-    blocks: tuple[int, int, int, int, int],
-    x: torch.Tensor,
-    out: torch.Tensor,
-    mean: torch.Tensor,
-    invstd: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    act_weight: torch.Tensor | None,
-    name: str,
-    alpha: float,
-    batch: tuple[torch.Tensor | None, torch.Tensor | None, float, float] | None = None,
-) -> None:
-    """``_channel_forward_kernel``; ``batch`` (running mean, running var, momentum, eps) has it
-    compute the statistics into ``mean`` and ``invstd`` first, else it reads them."""
-    n_a, c, b, block_a, block_b = blocks
-    running_mean, running_var, momentum, eps = batch or (None, None, 0.0, 0.0)
-    update = running_mean is not None
-    _channel_forward_kernel[(c,)](
-        x, out, mean, invstd, running_mean if update else mean, running_var if update else invstd, weight, bias,
-        act_weight if act_weight is not None else weight, n_a, c, b, eps, momentum, STATS=batch is not None,
-        UPDATE=update, FN=_formula(name, False), ALPHA=alpha, PRELU=name == "prelu", BLOCK_A=block_a,
-        BLOCK_B=block_b, num_warps=NUM_WARPS,
-    )  # fmt: skip
+    return mean, invstd
 
 
 def forward(
@@ -668,12 +627,24 @@ def forward(
     act_weight: torch.Tensor | None,
     name: str,
     alpha: float,
+    batch: tuple[torch.Tensor | None, torch.Tensor | None, float, float] | None = None,
 ) -> None:
-    """out = act(BN(x)) with the given statistics; ``x`` and ``out`` dense with the same strides,
-    per-channel vectors contiguous with C elements (``act_weight``: PReLU's, for
-    ``name == "prelu"``)."""
+    """out = act(BN(x)) with the statistics in ``mean`` and ``invstd``; ``x`` and ``out`` dense
+    with the same strides, per-channel vectors contiguous with C elements (``act_weight``:
+    PReLU's, for ``name == "prelu"``). ``batch`` (running mean, running var, momentum, eps),
+    where one program per channel runs (``_channel_blocks``): the kernel computes the statistics
+    first, and updates the running ones when given."""
+    common = dict(FN=_formula(name, False), ALPHA=alpha, PRELU=name == "prelu", num_warps=NUM_WARPS)
+    a = act_weight if act_weight is not None else weight
     if blocks := _channel_blocks(x):
-        _channel_forward(blocks, x, out, mean, invstd, weight, bias, act_weight, name, alpha)
+        n_a, c, b, block_a, block_b = blocks
+        running_mean, running_var, momentum, eps = batch or (None, None, 0.0, 0.0)
+        update = running_mean is not None
+        _channel_forward_kernel[(c,)](
+            x, out, mean, invstd, running_mean if update else mean, running_var if update else invstd, weight, bias,
+            a, n_a, c, b, eps, momentum, STATS=batch is not None, UPDATE=update, BLOCK_A=block_a, BLOCK_B=block_b,
+            **common,
+        )  # fmt: skip
         return
     geo = geometry(x, x.shape[1], block_size(x.dtype))
     k_blocks = triton.cdiv(geo.cols, geo.block_k)
@@ -684,18 +655,15 @@ def forward(
         invstd,
         weight,
         bias,
-        act_weight if act_weight is not None else weight,
+        a,
         geo.rows,
         geo.cols,
         geo.channels,
         k_blocks,
-        FN=_formula(name, False),
-        ALPHA=alpha,
-        PRELU=name == "prelu",
         COLUMN=geo.column,
         BLOCK_R=geo.block_r,
         BLOCK_K=geo.block_k,
-        num_warps=NUM_WARPS,
+        **common,
     )
 
 
