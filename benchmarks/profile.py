@@ -1,7 +1,8 @@
 """Where the time of ours goes, for an activation and for BatchNorm2d + activation (SiLU):
 
-- host: microseconds per forward+backward of a tiny map, back to back, ours against torch.nn
-  (when the host is slower than the kernels, as on small maps, this is the step's cost);
+- host: microseconds per forward+backward of two small maps (``HOST_MAPS``: BN+act's two
+  reductions), back to back, ours against torch.nn (when the host is slower than the kernels,
+  as on small maps, this is the step's cost);
 - the Python functions behind ours (cProfile, by own time);
 - device: the kernels of one forward+backward on RT-DETR-l's maps (torch.profiler), ours
   against torch.nn, in bfloat16 under autocast as in training.
@@ -34,6 +35,9 @@ CASES: dict[str, dict[str, Callable[[int], nn.Module]]] = {
     },
 }
 GPU_MAPS = ((16, 128, 160, 160), (16, 256, 80, 80), (16, 256, 20, 20))
+HOST_MAPS = ((1, 16, 8, 8), (1, 16, 160, 160))
+"""Small maps, so the host's time shows: BN+act runs one program per channel on the first and
+the split reduction on the second (25600 elements per channel, above CHANNEL_PROGRAM_MAX)."""
 CPU_MAPS = ((2, 16, 20, 20),)
 
 
@@ -45,14 +49,16 @@ def _step(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, device:
 
 
 def host(device: torch.device, out: list[str]) -> None:
-    out.append("## Host: microseconds per forward+backward of a 1x16x8x8 map, back to back\n")
-    for case, providers in CASES.items():
-        times = {}
-        for provider, build in providers.items():
-            step = _step(build(16).to(device).train(), (1, 16, 8, 8), torch.float32, device)
-            times[provider] = back_to_back_ms(step, device, 50.0, 200.0) * 1e3
-        line = ", ".join(f"{p} {t:.1f} us" for p, t in times.items())
-        out.append(f"- {case}: {line}; ours costs {times['ours'] - times['torch.nn']:+.1f} us")
+    out.append("## Host: microseconds per forward+backward of a small float32 map, back to back\n")
+    for shape in HOST_MAPS:
+        for case, providers in CASES.items():
+            times = {}
+            for provider, build in providers.items():
+                step = _step(build(shape[1]).to(device).train(), shape, torch.float32, device)
+                times[provider] = back_to_back_ms(step, device, 50.0, 200.0) * 1e3
+            line = ", ".join(f"{p} {t:.1f} us" for p, t in times.items())
+            size = "x".join(map(str, shape))
+            out.append(f"- {case}, {size}: {line}; ours costs {times['ours'] - times['torch.nn']:+.1f} us")
     out.append("")
 
 
