@@ -299,6 +299,9 @@ def _backward_kernel(
     b_ptr,
     a_ptr,
     sums_ptr,
+    gw_ptr,
+    gb_ptr,
+    ga_ptr,
     R,
     K,
     C,
@@ -313,7 +316,8 @@ def _backward_kernel(
     BLOCK_K: tl.constexpr,
 ):
     """dx = w * invstd * (gz - [sum gz + xhat * sum gz xhat] / N), the bracket only when the
-    statistics came from this batch (TRAINING); sums_ptr holds the two sums, [2, C]."""
+    statistics came from this batch (TRAINING); sums_ptr holds the sums, [2 or 3, C], which the
+    programs holding a channel's first elements also store as its parameter grads."""
     pid = tl.program_id(0)
     rows = (pid // K_BLOCKS).to(tl.int64) * BLOCK_R + tl.arange(0, BLOCK_R)
     cols = (pid % K_BLOCKS).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -329,6 +333,16 @@ def _backward_kernel(
         gz = gz - mean_gz - xhat * mean_gzx
     scale = _per_channel(w_ptr, rows, cols, C, COLUMN) * _per_channel(invstd_ptr, rows, cols, C, COLUMN)
     tl.store(dx_ptr + offs, (gz * scale).to(dx_ptr.dtype.element_ty), mask=mask)
+    if COLUMN:  # a channel is a column: the first row block holds it first
+        first, channels = pid // K_BLOCKS == 0, cols
+    else:  # a channel is rows c, C + c, ...: row c, in the first column block
+        first, channels = pid % K_BLOCKS == 0, rows
+    ok = first & (channels < C)
+    tl.store(gb_ptr + channels, tl.load(sums_ptr + channels, mask=ok).to(gb_ptr.dtype.element_ty), mask=ok)
+    tl.store(gw_ptr + channels, tl.load(sums_ptr + C + channels, mask=ok).to(gw_ptr.dtype.element_ty), mask=ok)
+    if PRELU:
+        grad_a = tl.load(sums_ptr + 2 * C + channels, mask=ok)
+        tl.store(ga_ptr + channels, grad_a.to(ga_ptr.dtype.element_ty), mask=ok)
 
 
 # --- one program per channel: small maps ------------------------------------------------------
@@ -734,6 +748,9 @@ def backward(
         bias,
         a,
         sums,
+        grad_weight,
+        grad_bias,
+        grad_act_weight if prelu else grad_weight,
         geo.rows,
         geo.cols,
         geo.channels,
@@ -744,7 +761,3 @@ def backward(
         BLOCK_K=geo.block_k,
         **common,
     )
-    grad_bias.copy_(sums[0])
-    grad_weight.copy_(sums[1])
-    if prelu:
-        grad_act_weight.copy_(sums[2])

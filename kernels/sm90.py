@@ -230,6 +230,7 @@ def _bn_act_entries() -> list[Entry]:
                     )
                 )
                 sig = {"x_ptr": ptr, "g_ptr": ptr, "dx_ptr": ptr, **dict.fromkeys(per_channel, acc), "sums_ptr": acc}
+                sig |= dict.fromkeys(("gw_ptr", "gb_ptr", "ga_ptr"), acc)
                 sig |= {"R": "i32", "K": "i32", "C": "i32", "K_BLOCKS": "i32", "N": "i32"}
                 sig |= dict.fromkeys(("FN", "ALPHA", "PRELU", "COLUMN", "TRAINING", "BLOCK_R", "BLOCK_K"), "constexpr")
                 entries.append(
@@ -239,7 +240,7 @@ def _bn_act_entries() -> list[Entry]:
                         bn_act._backward_kernel,
                         sig,
                         {"FN": bwd, **const, "TRAINING": True, **blocks},
-                        (0, 1, 2, 10),
+                        (0, 1, 2, 13),
                         pointwise.NUM_WARPS,
                     )
                 )
