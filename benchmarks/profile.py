@@ -5,7 +5,9 @@
   as on small maps, this is the step's cost);
 - the Python functions behind ours (cProfile, by own time);
 - device: the kernels of one forward+backward on RT-DETR-l's maps (torch.profiler), ours
-  against torch.nn, in bfloat16 under autocast as in training.
+  against torch.nn, in bfloat16 under autocast as in training;
+- BN+act's two reductions forced in turn on maps around ``CHANNEL_PROGRAM_MAX`` (GPU only):
+  device time (CUDA graph) and back-to-back wall time, the data to place that threshold.
 
 ``python -m benchmarks.profile [--out FILE]``; ``make gpu-check`` writes profile.txt. Without
 a GPU it profiles the CPU path (PyTorch's ops behind ours) and says so.
@@ -24,7 +26,7 @@ from torch import nn
 from rtdetr_fused import SiLU
 from rtdetr_fused.bn_act import BatchNormAct2d
 
-from .measure import back_to_back_ms, sync
+from .measure import back_to_back_ms, bench_ms, sync
 from .memory import Autocast
 
 CASES: dict[str, dict[str, Callable[[int], nn.Module]]] = {
@@ -35,6 +37,8 @@ CASES: dict[str, dict[str, Callable[[int], nn.Module]]] = {
     },
 }
 GPU_MAPS = ((16, 128, 160, 160), (16, 256, 80, 80), (16, 256, 20, 20))
+PATH_MAPS = ((16, 512, 20, 20), (16, 256, 40, 40), (16, 128, 80, 80))
+"""6400, 25600 and 102400 elements per channel: RT-DETR-l's and YOLO11n's maps at batch 16."""
 HOST_MAPS = ((1, 16, 8, 8), (1, 16, 160, 160))
 """Small maps, so the host's time shows: BN+act runs one program per channel on the first and
 the split reduction on the second (25600 elements per channel, above CHANNEL_PROGRAM_MAX)."""
@@ -98,6 +102,33 @@ def kernels(device: torch.device, out: list[str], maps: tuple[tuple[int, ...], .
                 out += [title, "", "```", table, "```", ""]
 
 
+def reduction_paths(device: torch.device, out: list[str]) -> None:
+    out.append("## BN+SiLU forward+backward by reduction, bfloat16 under autocast\n")
+    if device.type != "cuda":
+        out += ["Needs a GPU: the CPU path runs neither reduction.", ""]
+        return
+    from rtdetr_fused.kernels import bn_act as K
+
+    out += [
+        "| map | per channel | reduction | device us (CUDA graph) | back to back us |",
+        "| --- | ---: | --- | ---: | ---: |",
+    ]
+    default = K.CHANNEL_PROGRAM_MAX
+    try:
+        for shape in PATH_MAPS:
+            for name, limit in (("per channel", 1 << 40), ("split", 0)):
+                K.CHANNEL_PROGRAM_MAX = limit
+                module = Autocast(CASES["bn+silu"]["ours"](shape[1]), torch.bfloat16).to(device).train()
+                step = _step(module, shape, torch.bfloat16, device)
+                graph_us = bench_ms(step, device, 25.0, 100.0, graph=True) * 1e3
+                wall_us = back_to_back_ms(step, device, 25.0, 100.0) * 1e3
+                size, per = "x".join(map(str, shape)), shape[0] * shape[2] * shape[3]
+                out.append(f"| {size} | {per} | {name} | {graph_us:.1f} | {wall_us:.1f} |")
+    finally:
+        K.CHANNEL_PROGRAM_MAX = default
+    out.append("")
+
+
 def _table(prof: torch.profiler.profile) -> str:
     averages = prof.key_averages()
     for key in ("self_device_time_total", "self_cuda_time_total", "self_cpu_time_total"):
@@ -117,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         out += ["No GPU: the CPU path (PyTorch's ops behind ours) is profiled; kernel times need a GPU.", ""]
     maps = GPU_MAPS if device.type == "cuda" else CPU_MAPS
-    for part in (host, python_functions, lambda d, o: kernels(d, o, maps)):
+    for part in (host, python_functions, lambda d, o: kernels(d, o, maps), reduction_paths):
         try:
             part(device, out)
         except Exception as e:  # one part failing must not cost the others
