@@ -350,7 +350,7 @@ def _backward_kernel(
 # channel reduces it whole, so a training forward is one kernel (statistics, running update,
 # output) and a backward one more (sums, then dx; the parameter grads stored in their dtypes):
 # fewer launches where launches are what costs. Given statistics (eval, recompute) run the same
-# kernel, so a recomputed output has the bits of the original. The storage is NCHW-like,
+# compiled kernel, so a recomputed output has the bits of the original. The storage is NCHW-like,
 # [A, C, B] with B = x.stride(1) > 1, and a program walks its channel's A rows of B elements.
 
 
@@ -394,7 +394,7 @@ def _channel_statistics(x_ptr, c, A, C, B, eps, acc: tl.constexpr, BLOCK_A: tl.c
     return mean, _rsqrt(m2 / n + eps).to(acc), m2
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["stats", "update"])
 def _channel_forward_kernel(
     x_ptr,
     y_ptr,
@@ -410,23 +410,25 @@ def _channel_forward_kernel(
     B,
     eps: tl.float64,
     factor: tl.float64,
-    STATS: tl.constexpr,
-    UPDATE: tl.constexpr,
+    stats,
+    update,
     FN: tl.constexpr,
     ALPHA: tl.constexpr,
     PRELU: tl.constexpr,
     BLOCK_A: tl.constexpr,
     BLOCK_B: tl.constexpr,
 ):
-    """y = act((x - mean) * invstd * w + b) over one channel. STATS: the batch's mean and
-    invstd first, stored, and the running statistics updated when UPDATE; else loaded."""
+    """y = act((x - mean) * invstd * w + b) over one channel. ``stats``: the batch's mean and
+    invstd first, stored, and the running statistics updated when ``update``; else loaded.
+    Both are runtime flags, not constexprs, so training, eval and a recomputed output run one
+    compiled kernel: a recomputed output has the original's bits by construction."""
     acc = mean_ptr.dtype.element_ty
     c = tl.program_id(0).to(tl.int64)
-    if STATS:
+    if stats != 0:
         mean, invstd, m2 = _channel_statistics(x_ptr, c, A, C, B, eps, acc, BLOCK_A, BLOCK_B)
         tl.store(mean_ptr + c, mean)
         tl.store(invstd_ptr + c, invstd)
-        if UPDATE:
+        if update != 0:
             _update_running(rm_ptr, rv_ptr, c, c < C, mean, m2, tl.cast(A * B, acc), factor)
     else:
         mean = tl.load(mean_ptr + c)
@@ -656,7 +658,7 @@ def forward(
         update = running_mean is not None
         _channel_forward_kernel[(c,)](
             x, out, mean, invstd, running_mean if update else mean, running_var if update else invstd, weight, bias,
-            a, n_a, c, b, eps, momentum, STATS=batch is not None, UPDATE=update, BLOCK_A=block_a, BLOCK_B=block_b,
+            a, n_a, c, b, eps, momentum, int(batch is not None), int(update), BLOCK_A=block_a, BLOCK_B=block_b,
             **common,
         )  # fmt: skip
         return

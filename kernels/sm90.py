@@ -251,12 +251,20 @@ def _bn_act_entries() -> list[Entry]:
             fwd, bwd = FORMULAS[name]
             sig = {"x_ptr": ptr, "y_ptr": ptr, "mean_ptr": acc, "invstd_ptr": acc, "rm_ptr": "*fp32", "rv_ptr": "*fp32"}
             sig |= dict.fromkeys(("w_ptr", "b_ptr", "a_ptr"), acc)
-            sig |= {"A": "i32", "C": "i32", "B": "i32", "eps": "fp64", "factor": "fp64"}
-            sig |= dict.fromkeys(("STATS", "UPDATE", "FN", "ALPHA", "PRELU", "BLOCK_A", "BLOCK_B"), "constexpr")
-            const = {"STATS": True, "UPDATE": True, "FN": fwd, "ALPHA": 0.0, "PRELU": is_prelu, **blocks}
+            sig |= {
+                "A": "i32",
+                "C": "i32",
+                "B": "i32",
+                "eps": "fp64",
+                "factor": "fp64",
+                "stats": "i32",
+                "update": "i32",
+            }
+            sig |= dict.fromkeys(("FN", "ALPHA", "PRELU", "BLOCK_A", "BLOCK_B"), "constexpr")
+            const = {"FN": fwd, "ALPHA": 0.0, "PRELU": is_prelu, **blocks}
             entries.append(
                 Entry(
-                    f"bn+{act} training forward (program per channel)",
+                    f"bn+{act} forward (program per channel)",
                     dt,
                     bn_act._channel_forward_kernel,
                     sig,
