@@ -7,17 +7,23 @@
 - device: the kernels of one forward+backward on RT-DETR-l's maps (torch.profiler), ours
   against torch.nn, in bfloat16 under autocast as in training;
 - BN+act's two reductions forced in turn on maps around ``CHANNEL_PROGRAM_MAX`` (GPU only):
-  device time (CUDA graph) and back-to-back wall time, the data to place that threshold.
+  device time (CUDA graph) and back-to-back wall time, the data to place that threshold;
+- a YOLO11n forward+backward on a 64x64 image (the host's time on any machine) with torch.nn,
+  ``fuse_bn=True`` and ``fuse_bn="recompute"``, then again with our BatchNorm+activation ops
+  stubbed (outputs allocated, nothing computed): what is left is Python, autograd and the
+  model's other ops, so the difference is what our BN+act costs, launches included.
 
 ``python -m benchmarks.profile [--out FILE]``; ``make gpu-check`` writes profile.txt. Without
 a GPU it profiles the CPU path (PyTorch's ops behind ours) and says so.
 """
 
 import argparse
+import contextlib
+import copy
 import cProfile
 import io
 import pstats
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -26,6 +32,8 @@ from torch import nn
 from rtdetr_fused import SiLU
 from rtdetr_fused.bn_act import BatchNormAct2d
 
+from . import models
+from .core import Unavailable
 from .measure import back_to_back_ms, bench_ms, sync
 from .memory import Autocast
 
@@ -39,6 +47,7 @@ CASES: dict[str, dict[str, Callable[[int], nn.Module]]] = {
 GPU_MAPS = ((16, 128, 160, 160), (16, 256, 80, 80), (16, 256, 20, 20))
 PATH_MAPS = ((16, 512, 20, 20), (16, 256, 40, 40), (16, 128, 80, 80))
 """6400, 25600 and 102400 elements per channel: RT-DETR-l's and YOLO11n's maps at batch 16."""
+STEP_INPUT = (1, 3, 64, 64)
 HOST_MAPS = ((1, 16, 8, 8), (1, 16, 160, 160))
 """Small maps, so the host's time shows: BN+act runs one program per channel on the first and
 the split reduction on the second (25600 elements per channel, above CHANNEL_PROGRAM_MAX)."""
@@ -129,6 +138,66 @@ def reduction_paths(device: torch.device, out: list[str]) -> None:
     out.append("")
 
 
+@contextlib.contextmanager
+def _bn_act_stubbed() -> Iterator[None]:
+    """Our BatchNorm+activation ops allocate their outputs and compute nothing."""
+    from rtdetr_fused.ops import bn_act as ops
+
+    def train(x, *args):
+        stats = [torch.empty(x.shape[1], device=x.device) for _ in range(2)]
+        return torch.empty_like(x), *stats
+
+    def forward(x, *args):
+        return torch.empty_like(x)
+
+    def backward(x, grad, mean, invstd, weight, bias, act_weight, *args):
+        grad_a = torch.empty_like(act_weight) if act_weight is not None else weight.new_empty(0)
+        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), grad_a
+
+    routed = {ops.BN_ACT_TRAIN: train, ops.BN_ACT: forward, ops.BN_ACT_BACKWARD: backward}
+    saved = {r: (r._cuda, r._cpu) for r in routed}
+    try:
+        for r, stub in routed.items():
+            r._cuda = r._cpu = stub
+        yield
+    finally:
+        for r, (cuda, cpu) in saved.items():
+            r._cuda, r._cpu = cuda, cpu
+
+
+def _model_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
+    """Forward (bfloat16 autocast on a GPU, as in training) and backward of the outputs' sum."""
+
+    def step() -> None:
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+            outputs = model(x)
+        sum(t.float().sum() for t in outputs.values() if isinstance(t, torch.Tensor)).backward()
+
+    return step
+
+
+def step_host(device: torch.device, out: list[str]) -> None:
+    size = "x".join(map(str, STEP_INPUT))
+    out.append(f"## YOLO11n forward+backward on {size}, milliseconds per step back to back\n")
+    try:
+        base, replace = models.build("yolo11n"), models.replacer()
+    except Unavailable as e:
+        out += [f"Skipped: {e}", ""]
+        return
+    x = torch.randn(STEP_INPUT, device=device)
+    out += ["| model | as is | our BN+act stubbed |", "| --- | ---: | ---: |"]
+    for name, fuse_bn in (("torch.nn", None), ("fuse_bn", True), ("recompute", "recompute")):
+        model = copy.deepcopy(base) if fuse_bn is None else models._replaced(base, replace, "silu", fuse_bn=fuse_bn)
+        step = _model_step(model.to(device).train(), x)
+        times = [back_to_back_ms(step, device, 100.0, 500.0)]
+        if fuse_bn is not None:
+            with _bn_act_stubbed():
+                times.append(back_to_back_ms(step, device, 100.0, 500.0))
+        cells = " | ".join(f"{t:.2f}" for t in times) + (" | -" if fuse_bn is None else "")
+        out.append(f"| {name} | {cells} |")
+    out.append("")
+
+
 def _table(prof: torch.profiler.profile) -> str:
     averages = prof.key_averages()
     for key in ("self_device_time_total", "self_cuda_time_total", "self_cpu_time_total"):
@@ -148,16 +217,15 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cpu":
         out += ["No GPU: the CPU path (PyTorch's ops behind ours) is profiled; kernel times need a GPU.", ""]
     maps = GPU_MAPS if device.type == "cuda" else CPU_MAPS
-    for part in (host, python_functions, lambda d, o: kernels(d, o, maps), reduction_paths):
+    for part in (host, python_functions, lambda d, o: kernels(d, o, maps), reduction_paths, step_host):
         try:
             part(device, out)
         except Exception as e:  # one part failing must not cost the others
             out += [f"(a part failed: {type(e).__name__}: {e})", ""]
-    text = "\n".join(out) + "\n"
-    if args.out:
-        args.out.write_text(text)
-    else:
-        print(text)
+        if args.out:  # after each part: a run stopped at its time limit keeps what it measured
+            args.out.write_text("\n".join(out) + "\n")
+    if not args.out:
+        print("\n".join(out))
     return 0
 
 

@@ -25,7 +25,7 @@ args=()
 status=0
 timeout -s INT -k 20 "$GPU_TEST_S" "$PYTHON" -m pytest -q -rfE -p no:cacheprovider -m gpu "${args[@]}" \
     tests 2>&1 | tee "$RESULTS_DIR/gpu-tests.log" || status=1
-timeout -s INT -k 10 90 "$PYTHON" -m benchmarks.profile --out "$RESULTS_DIR/profile.txt" 2>&1 | tail -3 || status=1
+timeout -s INT -k 10 120 "$PYTHON" -m benchmarks.profile --out "$RESULTS_DIR/profile.txt" 2>&1 | tail -3 || status=1
 timeout -s INT -k 20 $((GPU_BENCH_S + 100)) "$PYTHON" -m benchmarks --quick --time-budget "$GPU_BENCH_S" \
     --out "$RESULTS_DIR" 2>&1 | tee "$RESULTS_DIR/bench.log" || status=1
 timeout -s INT -k 20 120 "$PYTHON" -m benchmarks --quick --sections bn_act --activations silu,relu,gelu \
