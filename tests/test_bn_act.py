@@ -39,7 +39,9 @@ def reduction(request, monkeypatch):
 
 def make(act: str, c: int, device: str, param_dtype=torch.float64, **bn_kwargs):
     """(float64 CPU reference BatchNorm2d -> act, BatchNormAct2d on ``device``) with the same
-    random state: weights, biases, running statistics, PReLU slopes."""
+    random state: weights, biases, running statistics, PReLU slopes, drawn as values that
+    ``param_dtype`` holds exactly (else a z near 0 could change sign between the two and with
+    it a ReLU-like derivative)."""
     bn = nn.BatchNorm2d(c, dtype=torch.float64, **bn_kwargs)
     a = ACTS[act](c).double()
     with torch.no_grad():
@@ -50,6 +52,9 @@ def make(act: str, c: int, device: str, param_dtype=torch.float64, **bn_kwargs):
             bn.running_var.uniform_(0.5, 2.0)
         for p in a.parameters():
             p.uniform_(-0.5, 0.5)
+        for t in [*bn.parameters(), *a.parameters(), bn.running_mean, bn.running_var]:
+            if t is not None:
+                t.copy_(t.to(param_dtype))
     fused = BatchNormAct2d(c, act=copy.deepcopy(a), dtype=torch.float64, **bn_kwargs)
     fused.load_state_dict({**bn.state_dict(), **{f"act.{k}": v for k, v in a.state_dict().items()}})
     return nn.Sequential(bn, a), fused.to(device, param_dtype)
@@ -245,12 +250,19 @@ def test_non_dense_input(device):
     check(ref, fused, x, steps=1)
 
 
-def test_pytorch_path_without_interpreter(monkeypatch):
-    """CPU tensors outside the interpreter take the PyTorch reference ops, with the same results."""
+@pytest.mark.parametrize(
+    ("dtype", "param_dtype"),
+    [(torch.float64, torch.float64), (torch.bfloat16, torch.float32), (torch.bfloat16, torch.bfloat16)],
+    ids=["float64", "bfloat16_float32_params", "bfloat16_bfloat16_params"],
+)
+def test_pytorch_path_without_interpreter(dtype, param_dtype, monkeypatch):
+    """CPU tensors outside the interpreter take the PyTorch reference ops, with the same results:
+    running statistics in another dtype than the accumulation's too, and BatchNorm's options."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
-    x = _randn((2, 3, 4, 5), torch.float64, "cpu")
+    x = _randn((2, 3, 4, 5), dtype, "cpu").to(memory_format=torch.channels_last)
     for act in ("silu", "prelu", "leaky_relu"):
-        check(*make(act, 3, "cpu"), x.to(memory_format=torch.channels_last), steps=2)
+        for options in ({}, {"momentum": None}, {"track_running_stats": False}, {"affine": False}):
+            check(*make(act, 3, "cpu", param_dtype, **options), x, steps=2)
 
 
 def test_state_dict_is_batchnorm2d():
@@ -269,11 +281,17 @@ def test_tracing_records_standard_ops():
     assert "rtdetr_fused::" not in graph and "batch_norm" in graph and "mish" in graph
 
 
-def test_opcheck():
+@pytest.mark.parametrize("interpret", ["1", "0"], ids=["interpreter", "pytorch_path"])
+def test_opcheck(interpret, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", interpret)
     x = torch.randn(2, 3, 4, 5, dtype=torch.float64)
-    mean, invstd = torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    mean, invstd = torch.zeros(3, dtype=torch.float64), torch.rand(3, dtype=torch.float64) + 0.5
     w, b = torch.rand(3, dtype=torch.float64, requires_grad=True), torch.rand(3, dtype=torch.float64)
     torch.library.opcheck(torch.ops.rtdetr_fused.bn_act, (x, mean, invstd, w, b, None, True, "silu", 0.0))
+    for act, act_weight in (("silu", None), ("prelu", torch.rand(3, dtype=torch.float64))):
+        for training in (True, False):
+            args = (x, torch.randn_like(x), mean, invstd, w.detach(), b, act_weight, training, act, 0.0)
+            torch.library.opcheck(torch.ops.rtdetr_fused.bn_act_backward, args)
     stats_args = (x, torch.zeros(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64), 0.1, 1e-5)
     torch.library.opcheck(torch.ops.rtdetr_fused.bn_stats, stats_args)
 

@@ -65,12 +65,15 @@ def _bn_stats_cpu(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     if interpreting():
         return _bn_stats_triton(x, running_mean, running_var, momentum, eps)
-    var, mean = torch.var_mean(x.to(accumulate_dtype(x)), dim=(0, 2, 3), correction=0)
-    if running_mean is not None and running_var is not None:
-        n = x.numel() // x.shape[1]
-        running_mean.copy_(momentum * mean + (1 - momentum) * running_mean)
-        running_var.copy_(momentum * var * (n / (n - 1)) + (1 - momentum) * running_var)
-    return mean, torch.rsqrt(var + eps)
+    # BatchNorm's own statistics and running update (3x faster than var_mean over dims 0, 2, 3),
+    # on running statistics in the accumulation dtype: themselves, or copies written back.
+    acc = accumulate_dtype(x)
+    running = [t.to(acc) if t is not None else None for t in (running_mean, running_var)]
+    _, mean, invstd = torch.native_batch_norm(x.to(acc), None, None, *running, True, momentum, eps)
+    for t, updated in zip((running_mean, running_var), running):
+        if t is not None and updated is not t:
+            t.copy_(updated)
+    return mean, invstd
 
 
 @bn_stats.register_fake
@@ -103,17 +106,19 @@ def _bn_act_triton(
 bn_act = torch.library.custom_op("rtdetr_fused::bn_act", _bn_act_triton, mutates_args=(), device_types="cuda")
 
 
-def _reference_z(x, mean, invstd, weight, bias) -> tuple[torch.Tensor, torch.Tensor]:
-    """(xhat, z) in the accumulation dtype."""
-    xhat = (x.to(mean.dtype) - _channel_view(mean)) * _channel_view(invstd)
-    return xhat, xhat * _channel_view(weight) + _channel_view(bias)
+def _reference_z(x, mean, invstd, weight, bias) -> torch.Tensor:
+    """The BN output z = (x - mean) * (weight * invstd) + bias in the accumulation dtype, in two
+    passes over x."""
+    acc = mean.dtype
+    scale = weight.to(acc) * invstd
+    return torch.addcmul(_channel_view(bias.to(acc)), x.to(acc) - _channel_view(mean), _channel_view(scale))
 
 
 @bn_act.register_kernel("cpu")
 def _bn_act_cpu(x, mean, invstd, weight, bias, act_weight, training, name, alpha) -> torch.Tensor:
     if interpreting():
         return _bn_act_triton(x, mean, invstd, weight, bias, act_weight, training, name, alpha)
-    _, z = _reference_z(x, mean, invstd, weight, bias)
+    z = _reference_z(x, mean, invstd, weight, bias)
     y = torch.prelu(z, act_weight.to(z.dtype)) if name == "prelu" else ACT_SPECS[name].reference(z, alpha)
     return like(y.to(x.dtype), x)
 
@@ -194,24 +199,22 @@ bn_act_backward = torch.library.custom_op(
 def _bn_act_backward_cpu(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha):
     if interpreting():
         return _bn_act_backward_triton(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha)
-    xhat, z = _reference_z(x, mean, invstd, weight, bias)
-    g = grad.to(z.dtype)
-    dims = (0, 2, 3)
+    acc = mean.dtype
+    z, g = _reference_z(x, mean, invstd, weight, bias), grad.to(acc)
     if name == "prelu":
         positive = z > 0
-        gz = torch.where(positive, g, _channel_view(act_weight.to(z.dtype)) * g)
-        rows = [torch.where(positive, 0.0, z * g).sum(dims)]
+        gz = torch.where(positive, g, _channel_view(act_weight.to(acc)) * g)
+        grad_a = torch.where(positive, 0.0, z * g).sum((0, 2, 3)).to(act_weight.dtype)
     else:
         gz = ACT_SPECS[name].reference_backward(z, g, alpha)  # z has the output's sign and range
-        rows = []
-    sums = torch.stack([gz.sum(dims), (gz * xhat).sum(dims), *rows])
-    if training:
-        n = x.numel() // x.shape[1]
-        gz = gz - _channel_view(sums[0] / n) - xhat * _channel_view(sums[1] / n)
-    grad_x = gz * _channel_view(weight.to(z.dtype) * invstd)
-    # Copies: a custom op's outputs may not alias each other.
-    grad_a = sums[2].to(act_weight.dtype, copy=True) if act_weight is not None else weight.new_empty(0)
-    return like(grad_x.to(x.dtype), x), sums[1].to(weight.dtype, copy=True), sums[0].to(bias.dtype, copy=True), grad_a
+        grad_a = weight.new_empty(0)
+    # BatchNorm's own backward: with this batch's statistics, or (eval) with fixed ones, which it
+    # reads as running statistics, 1 / sqrt(var + eps) with var = invstd ** -2 and eps = 0.
+    fixed = (None, None) if training else (mean, invstd.pow(-2))
+    grad_x, grad_w, grad_b = torch.ops.aten.native_batch_norm_backward(
+        gz, x.to(acc), weight.to(acc), *fixed, mean, invstd, training, 0.0, [True, True, True]
+    )
+    return like(grad_x.to(x.dtype), x), grad_w.to(weight.dtype), grad_b.to(bias.dtype), grad_a
 
 
 @bn_act_backward.register_fake
