@@ -257,12 +257,14 @@ def test_non_dense_input(device):
 )
 def test_pytorch_path_without_interpreter(dtype, param_dtype, monkeypatch):
     """CPU tensors outside the interpreter take the PyTorch reference ops, with the same results:
-    running statistics in another dtype than the accumulation's too, and BatchNorm's options."""
+    running statistics in another dtype than the accumulation's too, BatchNorm's options, eval."""
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     x = _randn((2, 3, 4, 5), dtype, "cpu").to(memory_format=torch.channels_last)
     for act in ("silu", "prelu", "leaky_relu"):
         for options in ({}, {"momentum": None}, {"track_running_stats": False}, {"affine": False}):
             check(*make(act, 3, "cpu", param_dtype, **options), x, steps=2)
+        ref, fused = make(act, 3, "cpu", param_dtype)
+        check(ref.eval(), fused.eval(), x, steps=1)  # gradients through the running statistics
 
 
 def test_state_dict_is_batchnorm2d():
