@@ -62,10 +62,23 @@ def _alpha(a_ptr, rows, cols, C, ALPHA: tl.constexpr, PRELU: tl.constexpr, COLUM
 
 
 @triton.jit
+def _bn(x, mean, invstd, w, b):
+    """(xhat, z): the normalized input and the BN output, in the one order every kernel uses
+    (a recomputed output has the bits of the original)."""
+    xhat = (x - mean) * invstd
+    return xhat, xhat * w + b
+
+
+@triton.jit
 def _normalize(x, rows, cols, mean_ptr, invstd_ptr, w_ptr, b_ptr, C, COLUMN: tl.constexpr):
-    """(xhat, z): the normalized input and the BN output."""
-    xhat = (x - _per_channel(mean_ptr, rows, cols, C, COLUMN)) * _per_channel(invstd_ptr, rows, cols, C, COLUMN)
-    return xhat, xhat * _per_channel(w_ptr, rows, cols, C, COLUMN) + _per_channel(b_ptr, rows, cols, C, COLUMN)
+    """``_bn`` with per-channel vectors broadcast against the tile."""
+    return _bn(
+        x,
+        _per_channel(mean_ptr, rows, cols, C, COLUMN),
+        _per_channel(invstd_ptr, rows, cols, C, COLUMN),
+        _per_channel(w_ptr, rows, cols, C, COLUMN),
+        _per_channel(b_ptr, rows, cols, C, COLUMN),
+    )
 
 
 @triton.jit
@@ -438,7 +451,8 @@ def _channel_forward_kernel(
         for b0 in range(0, B, BLOCK_B):
             offs, mask = _channel_tile(a0, b0, c, A, C, B, BLOCK_A, BLOCK_B)
             x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
-            y = FN((x - mean) * invstd * w + bias, alpha)
+            _, z = _bn(x, mean, invstd, w, bias)
+            y = FN(z, alpha)
             tl.store(y_ptr + offs, y.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -481,8 +495,7 @@ def _channel_backward_kernel(
             offs, mask = _channel_tile(a0, b0, c, A, C, B, BLOCK_A, BLOCK_B)
             x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
             g = upcast(tl.load(g_ptr + offs, mask=mask, other=0.0))  # g = 0: gz = 0 off the tensor
-            xhat = (x - mean) * invstd
-            z = xhat * w + bias
+            xhat, z = _bn(x, mean, invstd, w, bias)
             gz = FN(z, g, alpha)
             sum_gz += gz
             sum_gzx += gz * xhat
@@ -500,8 +513,8 @@ def _channel_backward_kernel(
             offs, mask = _channel_tile(a0, b0, c, A, C, B, BLOCK_A, BLOCK_B)
             x = upcast(tl.load(x_ptr + offs, mask=mask, other=0.0))
             g = upcast(tl.load(g_ptr + offs, mask=mask, other=0.0))
-            xhat = (x - mean) * invstd
-            gz = FN(xhat * w + bias, g, alpha)
+            xhat, z = _bn(x, mean, invstd, w, bias)
+            gz = FN(z, g, alpha)
             if TRAINING:
                 gz = gz - total_gz / n - xhat * (total_gzx / n)
             tl.store(dx_ptr + offs, (gz * (w * invstd)).to(dx_ptr.dtype.element_ty), mask=mask)
