@@ -165,17 +165,6 @@ def _bn_act_stubbed() -> Iterator[None]:
             r._cuda, r._cpu = cuda, cpu
 
 
-def _model_step(model: nn.Module, x: torch.Tensor) -> Callable[[], None]:
-    """Forward (bfloat16 autocast on a GPU, as in training) and backward of the outputs' sum."""
-
-    def step() -> None:
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
-            outputs = model(x)
-        sum(t.float().sum() for t in outputs.values() if isinstance(t, torch.Tensor)).backward()
-
-    return step
-
-
 def step_host(device: torch.device, out: list[str]) -> None:
     size = "x".join(map(str, STEP_INPUT))
     out.append(f"## YOLO11n forward+backward on {size}, milliseconds per step back to back\n")
@@ -185,10 +174,18 @@ def step_host(device: torch.device, out: list[str]) -> None:
         out += [f"Skipped: {e}", ""]
         return
     x = torch.randn(STEP_INPUT, device=device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as in training
     out += ["| model | as is | our BN+act stubbed |", "| --- | ---: | ---: |"]
     for name, fuse_bn in (("torch.nn", None), ("fuse_bn", True), ("recompute", "recompute")):
-        model = copy.deepcopy(base) if fuse_bn is None else models._replaced(base, replace, "silu", fuse_bn=fuse_bn)
-        step = _model_step(model.to(device).train(), x)
+        model = copy.deepcopy(base)
+        if fuse_bn is not None:
+            replace(model, "silu", targets="all", fuse_bn=fuse_bn)
+        model = Autocast(model, dtype).to(device).train()
+
+        def step(model: nn.Module = model) -> None:
+            outputs = model(x)
+            sum(t.float().sum() for t in outputs.values() if isinstance(t, torch.Tensor)).backward()
+
         times = [back_to_back_ms(step, device, 100.0, 500.0)]
         if fuse_bn is not None:
             with _bn_act_stubbed():
