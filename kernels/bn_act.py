@@ -17,16 +17,18 @@ formulas get the BN output z, which works for every formula, including those wri
 activation's output (ReLU, ReLU6, LeakyReLU with a slope >= 0 see the same sign and range in z).
 """
 
+import functools
 from typing import NamedTuple
 
 import torch
 import triton
 import triton.language as tl
 
-from . import accumulate_dtype
+from . import accumulate_dtype, cdiv, next_power_of_2
 from .formulas import FORMULAS, IDENTITY
+from .launch import launch
 from .layout import Geometry, geometry
-from .pointwise import NUM_WARPS, block_size, upcast
+from .pointwise import block_size, upcast
 
 # Elements per reduction tile: the Welford loop keeps three tiles (x, mean, M2) live.
 REDUCE_TILE = 2048
@@ -534,12 +536,12 @@ class _Strips(NamedTuple):
 def _strips(geo: Geometry, programs: int) -> _Strips:
     """Split the reduction axis into strips so that about ``programs`` programs run."""
     if geo.column:
-        fixed, length, step = triton.cdiv(geo.cols, geo.block_k), geo.rows, geo.block_r
+        fixed, length, step = cdiv(geo.cols, geo.block_k), geo.rows, geo.block_r
     else:
-        fixed, length, step = triton.cdiv(geo.rows, geo.block_r), geo.cols, geo.block_k
-    splits = max(1, min(triton.cdiv(length, step), programs // fixed))
-    per = triton.cdiv(triton.cdiv(length, splits), step) * step
-    splits = triton.cdiv(length, per)
+        fixed, length, step = cdiv(geo.rows, geo.block_r), geo.cols, geo.block_k
+    splits = max(1, min(cdiv(length, step), programs // fixed))
+    per = cdiv(cdiv(length, splits), step) * step
+    splits = cdiv(length, per)
     if geo.column:
         return _Strips((fixed, splits), per, splits, 1, length)
     a = geo.rows // geo.channels
@@ -556,13 +558,18 @@ def _formula(name: str, backward: bool) -> triton.JITFunction:
 
 def _channel_blocks(x: torch.Tensor) -> tuple[int, int, int, int, int] | None:
     """(A, C, B, BLOCK_A, BLOCK_B) when one program per channel should reduce ``x``, else None."""
-    c, b = x.shape[1], x.stride(1)
-    if b == 1 or x.numel() // c > CHANNEL_PROGRAM_MAX:
+    return _blocks(x.numel(), x.shape[1], x.stride(1), x.dtype == torch.float64, CHANNEL_PROGRAM_MAX)
+
+
+@functools.lru_cache(maxsize=4096)
+def _blocks(n: int, c: int, b: int, wide: bool, limit: int) -> tuple[int, int, int, int, int] | None:
+    """``_channel_blocks`` of a map, worked out once per geometry (a model has a few dozen)."""
+    if b == 1 or n // c > limit:
         return None
-    a = x.numel() // (c * b)
-    block_b = min(triton.next_power_of_2(b), 256)
-    tile = REDUCE_TILE // (accumulate_dtype(x).itemsize // 4)
-    return a, c, b, min(triton.next_power_of_2(a), max(1, tile // block_b)), block_b
+    a = n // (c * b)
+    block_b = min(next_power_of_2(b), 256)
+    tile = REDUCE_TILE // (2 if wide else 1)
+    return a, c, b, min(next_power_of_2(a), max(1, tile // block_b)), block_b
 
 
 def train_forward(
@@ -608,7 +615,9 @@ def statistics(
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
     partials = torch.empty((2, plane), dtype=acc, device=x.device)
-    _stats_kernel[strips.grid](
+    launch(
+        _stats_kernel,
+        strips.grid,
         x,
         partials,
         geo.rows,
@@ -618,12 +627,13 @@ def statistics(
         COLUMN=geo.column,
         BLOCK_R=geo.block_r,
         BLOCK_K=geo.block_k,
-        num_warps=NUM_WARPS,
     )
     c = geo.channels
     mean, invstd = (torch.empty(c, dtype=acc, device=x.device) for _ in range(2))
-    block_c = min(triton.next_power_of_2(c), 32)
-    _finalize_kernel[(triton.cdiv(c, block_c),)](
+    block_c = min(next_power_of_2(c), 32)
+    launch(
+        _finalize_kernel,
+        (cdiv(c, block_c),),
         partials,
         mean,
         invstd,
@@ -641,7 +651,6 @@ def statistics(
         UPDATE=update,
         BLOCK_S=FINALIZE_TILE // block_c,
         BLOCK_C=block_c,
-        num_warps=NUM_WARPS,
     )
     return mean, invstd
 
@@ -663,21 +672,24 @@ def forward(
     PReLU's, for ``name == "prelu"``). ``batch`` (running mean, running var, momentum, eps),
     where one program per channel runs (``_channel_blocks``): the kernel computes the statistics
     first, and updates the running ones when given."""
-    common = dict(FN=_formula(name, False), ALPHA=alpha, PRELU=name == "prelu", num_warps=NUM_WARPS)
+    common = dict(FN=_formula(name, False), ALPHA=alpha, PRELU=name == "prelu")
     a = act_weight if act_weight is not None else weight
     if blocks := _channel_blocks(x):
         n_a, c, b, block_a, block_b = blocks
         running_mean, running_var, momentum, eps = batch or (None, None, 0.0, 0.0)
         update = running_mean is not None
-        _channel_forward_kernel[(c,)](
-            x, out, mean, invstd, running_mean if update else mean, running_var if update else invstd, weight, bias,
-            a, n_a, c, b, eps, momentum, int(batch is not None), int(update), BLOCK_A=block_a, BLOCK_B=block_b,
+        launch(
+            _channel_forward_kernel, (c,), x, out, mean, invstd, running_mean if update else mean,
+            running_var if update else invstd, weight, bias, a, n_a, c, b, eps, momentum, int(batch is not None),
+            int(update), BLOCK_A=block_a, BLOCK_B=block_b,
             **common,
         )  # fmt: skip
         return
     geo = geometry(x, x.shape[1], block_size(x.dtype))
-    k_blocks = triton.cdiv(geo.cols, geo.block_k)
-    _forward_kernel[(triton.cdiv(geo.rows, geo.block_r) * k_blocks,)](
+    k_blocks = cdiv(geo.cols, geo.block_k)
+    launch(
+        _forward_kernel,
+        (cdiv(geo.rows, geo.block_r) * k_blocks,),
         x,
         out,
         mean,
@@ -718,11 +730,11 @@ def backward(
     acc = mean.dtype
     prelu = name == "prelu"
     a = act_weight if prelu else weight
-    common = dict(FN=_formula(name, True), ALPHA=alpha, PRELU=prelu, num_warps=NUM_WARPS)
+    common = dict(FN=_formula(name, True), ALPHA=alpha, PRELU=prelu)
     if blocks := _channel_blocks(x):
         n_a, c, b, block_a, block_b = blocks
-        _channel_backward_kernel[(c,)](
-            x, grad, grad_x, mean, invstd, weight, bias, a, grad_weight, grad_bias,
+        launch(
+            _channel_backward_kernel, (c,), x, grad, grad_x, mean, invstd, weight, bias, a, grad_weight, grad_bias,
             grad_act_weight if prelu else grad_weight, n_a, c, b, TRAINING=training, BLOCK_A=block_a,
             BLOCK_B=block_b, **common,
         )  # fmt: skip
@@ -732,7 +744,9 @@ def backward(
     plane = strips.partials * geo.channels
     partials = torch.empty((3 if prelu else 2, strips.partials, geo.channels), dtype=acc, device=x.device)
     common["COLUMN"] = geo.column
-    _backward_reduce_kernel[strips.grid](
+    launch(
+        _backward_reduce_kernel,
+        strips.grid,
         x,
         grad,
         partials,
@@ -752,8 +766,10 @@ def backward(
     )
     sums = partials.sum(1)  # fixed order: the same bits on every run
     geo = geometry(x, x.shape[1], block_size(x.dtype))
-    k_blocks = triton.cdiv(geo.cols, geo.block_k)
-    _backward_kernel[(triton.cdiv(geo.rows, geo.block_r) * k_blocks,)](
+    k_blocks = cdiv(geo.cols, geo.block_k)
+    launch(
+        _backward_kernel,
+        (cdiv(geo.rows, geo.block_r) * k_blocks,),
         x,
         grad,
         grad_x,

@@ -14,7 +14,8 @@ import functools
 from typing import NamedTuple
 
 import torch
-import triton
+
+from . import cdiv, next_power_of_2
 
 
 class Geometry(NamedTuple):
@@ -32,9 +33,9 @@ class Geometry(NamedTuple):
 def _block_k(k: int, tile: int) -> int:
     """Widest power-of-two column block, at most ``tile``, that pads K the least: the H*W of
     detectors (400, 1600, 6400 = 25 * 2^m) then splits into blocks with no masked lanes."""
-    top = min(triton.next_power_of_2(k), tile)
+    top = min(next_power_of_2(k), tile)
     widths = [top >> i for i in range(top.bit_length()) if top >> i >= min(16, top)]
-    return min(widths, key=lambda b: (triton.cdiv(k, b) * b, -b))
+    return min(widths, key=lambda b: (cdiv(k, b) * b, -b))
 
 
 def geometry(x: torch.Tensor, channels: int, tile: int) -> Geometry:

@@ -11,14 +11,15 @@ import torch
 import triton
 import triton.language as tl
 
+from . import cdiv
 from .formulas import FORMULAS
+from .launch import launch
 
 # Bytes each program moves per tensor, and warps: 8 KiB per program = two 16-byte vectors
 # per thread at 8 warps. From the sm_90 report (kernels/SM90_REPORT.md): at 8 warps every
 # kernel and dtype has 128-bit loads, no spills and at most 84 registers (GELU fp64
 # backward); at 4 warps the fp16 kernels need up to 138, at 2 warps GELU and Mish spill.
 BYTES_PER_PROGRAM = 8192
-NUM_WARPS = 8
 
 
 def block_size(dtype: torch.dtype) -> int:
@@ -132,39 +133,33 @@ def _mask_backward_kernel(m_ptr, g_ptr, dx_ptr, n, ALPHA: tl.constexpr, BLOCK: t
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=offs < n)
 
 
-def _grid(n: int, dtype: torch.dtype) -> tuple[int]:
-    return (triton.cdiv(n, block_size(dtype)),)
+def _grid(n: int, block: int) -> tuple[int]:
+    return (cdiv(n, block),)
 
 
 def forward(x: torch.Tensor, out: torch.Tensor, name: str, alpha: float) -> None:
     """out = act(x); both dense with the same strides (``out`` may be ``x``)."""
-    n = x.numel()
-    _forward_kernel[_grid(n, x.dtype)](
-        x, out, n, FN=FORMULAS[name][0], ALPHA=alpha, BLOCK=block_size(x.dtype), num_warps=NUM_WARPS
-    )
+    n, block = x.numel(), BYTES_PER_PROGRAM // x.itemsize
+    launch(_forward_kernel, _grid(n, block), x, out, n, FN=FORMULAS[name][0], ALPHA=alpha, BLOCK=block)
 
 
 def backward(saved: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, name: str, alpha: float) -> None:
     """out = d act / dx * grad; all three dense with the same strides."""
-    n = saved.numel()
-    _backward_kernel[_grid(n, saved.dtype)](
-        saved, grad, out, n, FN=FORMULAS[name][1], ALPHA=alpha, BLOCK=block_size(saved.dtype), num_warps=NUM_WARPS
-    )
+    n, block = saved.numel(), BYTES_PER_PROGRAM // saved.itemsize
+    launch(_backward_kernel, _grid(n, block), saved, grad, out, n, FN=FORMULAS[name][1], ALPHA=alpha, BLOCK=block)
 
 
 def mask_forward(x: torch.Tensor, out: torch.Tensor, bits: torch.Tensor, name: str, alpha: float, from_output: bool):
     """out = act(x) and ``bits`` (uint8, ``(n + 7) // 8``) where d act / dx is 1."""
-    n = x.numel()
+    n, block = x.numel(), BYTES_PER_PROGRAM // x.itemsize
     fwd, bwd = FORMULAS[name]
-    _mask_forward_kernel[_grid(n, x.dtype)](
-        x, out, bits, n, FN=fwd, DERIV=bwd, FROM_OUTPUT=from_output, ALPHA=alpha, BLOCK=block_size(x.dtype),
-        num_warps=NUM_WARPS,
+    launch(
+        _mask_forward_kernel, _grid(n, block), x, out, bits, n, FN=fwd, DERIV=bwd, FROM_OUTPUT=from_output,
+        ALPHA=alpha, BLOCK=block,
     )  # fmt: skip
 
 
 def mask_backward(bits: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, alpha: float) -> None:
     """out = grad where the bit is set, else alpha * grad; ``grad`` and ``out`` share strides."""
-    n = grad.numel()
-    _mask_backward_kernel[_grid(n, grad.dtype)](
-        bits, grad, out, n, ALPHA=alpha, BLOCK=block_size(grad.dtype), num_warps=NUM_WARPS
-    )
+    n, block = grad.numel(), BYTES_PER_PROGRAM // grad.itemsize
+    launch(_mask_backward_kernel, _grid(n, block), bits, grad, out, n, ALPHA=alpha, BLOCK=block)

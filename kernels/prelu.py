@@ -11,9 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from . import accumulate_dtype
+from . import accumulate_dtype, cdiv
+from .launch import launch
 from .layout import geometry
-from .pointwise import NUM_WARPS, block_size, upcast
+from .pointwise import block_size, upcast
 
 
 @triton.jit
@@ -92,7 +93,7 @@ def forward(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
     n = x.numel()
     b, c = channel_geometry(x, weight.numel())
     block = block_size(x.dtype)
-    _forward_kernel[(triton.cdiv(n, block),)](x, weight, out, n, b, c, BLOCK=block, num_warps=NUM_WARPS)
+    launch(_forward_kernel, (cdiv(n, block),), x, weight, out, n, b, c, BLOCK=block)
 
 
 def backward(
@@ -100,20 +101,22 @@ def backward(
 ) -> torch.Tensor:
     """Write grad_x; return grad_weight (float32, or float64 for float64 input)."""
     geo = geometry(x, weight.numel(), block_size(x.dtype))
-    k_blocks = triton.cdiv(geo.cols, geo.block_k)
+    k_blocks = cdiv(geo.cols, geo.block_k)
     if geo.column:
         # Enough row splits to fill the device, each a whole number of tiles.
-        splits = max(1, min(triton.cdiv(geo.rows, geo.block_r), programs // k_blocks))
-        per_program = triton.cdiv(triton.cdiv(geo.rows, splits), geo.block_r) * geo.block_r
-        splits = triton.cdiv(geo.rows, per_program)
+        splits = max(1, min(cdiv(geo.rows, geo.block_r), programs // k_blocks))
+        per_program = cdiv(cdiv(geo.rows, splits), geo.block_r) * geo.block_r
+        splits = cdiv(geo.rows, per_program)
         partials_shape = (splits, geo.cols)
         row_programs = splits
     else:
         per_program = geo.block_r
         partials_shape = (k_blocks, geo.rows // geo.channels, geo.channels)
-        row_programs = triton.cdiv(geo.rows, geo.block_r)
+        row_programs = cdiv(geo.rows, geo.block_r)
     partials = torch.empty(partials_shape, dtype=accumulate_dtype(x), device=x.device)
-    _backward_kernel[(row_programs * k_blocks,)](
+    launch(
+        _backward_kernel,
+        (row_programs * k_blocks,),
         x,
         weight,
         grad,
@@ -127,6 +130,5 @@ def backward(
         CHANNEL_IS_COLUMN=geo.column,
         BLOCK_R=geo.block_r,
         BLOCK_K=geo.block_k,
-        num_warps=NUM_WARPS,
     )
     return partials.reshape(-1, geo.channels).sum(0)

@@ -22,6 +22,7 @@ from triton.compiler import ASTSource
 
 from . import bn_act, pointwise, prelu
 from .formulas import FORMULAS
+from .launch import NUM_WARPS
 
 TARGET = GPUTarget("cuda", 90, 32)
 DTYPES = {"fp16": "*fp16", "bf16": "*bf16", "fp32": "*fp32", "fp64": "*fp64"}
@@ -74,7 +75,7 @@ def _pointwise_entries() -> list[Entry]:
                     },
                     {"FN": fwd, **const},
                     (0, 1),
-                    pointwise.NUM_WARPS,
+                    NUM_WARPS,
                 )
             )
             entries.append(
@@ -93,7 +94,7 @@ def _pointwise_entries() -> list[Entry]:
                     },
                     {"FN": bwd, **const},
                     (0, 1, 2),
-                    pointwise.NUM_WARPS,
+                    NUM_WARPS,
                 )
             )
     for dt, ptr in DTYPES.items():
@@ -108,7 +109,7 @@ def _pointwise_entries() -> list[Entry]:
                 | dict.fromkeys(("FN", "DERIV", "FROM_OUTPUT", "ALPHA", "BLOCK"), "constexpr"),
                 {"FN": fwd, "DERIV": bwd, "FROM_OUTPUT": True, **const},
                 (0, 1, 2),
-                pointwise.NUM_WARPS,
+                NUM_WARPS,
             )
         )
         entries.append(
@@ -119,7 +120,7 @@ def _pointwise_entries() -> list[Entry]:
                 {"m_ptr": "*u8", "g_ptr": ptr, "dx_ptr": ptr, "n": "i64", "ALPHA": "constexpr", "BLOCK": "constexpr"},
                 const,
                 (0, 1, 2),
-                pointwise.NUM_WARPS,
+                NUM_WARPS,
             )
         )
     return entries
@@ -138,7 +139,7 @@ def _prelu_entries() -> list[Entry]:
                 {"x_ptr": ptr, "w_ptr": acc, "y_ptr": ptr, "n": "i64", "B": "i64", "C": "i64", "BLOCK": "constexpr"},
                 {"BLOCK": block},
                 (0, 1, 2),
-                pointwise.NUM_WARPS,
+                NUM_WARPS,
             )
         )
         # NCHW-like (channel per row) and channels_last-like (channel per column) tiles.
@@ -165,7 +166,7 @@ def _prelu_entries() -> list[Entry]:
                     },
                     {"CHANNEL_IS_COLUMN": column, "BLOCK_R": block_r, "BLOCK_K": block_k},
                     (0, 1, 2, 3, 4, 6),  # K (H*W or C) a multiple of 16, as on RT-DETR's maps
-                    pointwise.NUM_WARPS,
+                    NUM_WARPS,
                 )
             )
     return entries
@@ -194,7 +195,7 @@ def _bn_act_entries() -> list[Entry]:
                     sig,
                     {"COLUMN": column, **rblocks},
                     (0, 1, 3, 4),
-                    pointwise.NUM_WARPS,
+                    NUM_WARPS,
                 )
             )
             for name, is_prelu in (("silu", False), ("mish", False), ("leaky_relu", True)):
@@ -212,7 +213,7 @@ def _bn_act_entries() -> list[Entry]:
                         sig,
                         {"FN": fwd, **const, **blocks},
                         (0, 1, 8),
-                        pointwise.NUM_WARPS,
+                        NUM_WARPS,
                     )
                 )
                 sig = {"x_ptr": ptr, "g_ptr": ptr, "part_ptr": acc, **dict.fromkeys(per_channel, acc)}
@@ -226,7 +227,7 @@ def _bn_act_entries() -> list[Entry]:
                         sig,
                         {"FN": bwd, **const, **rblocks},
                         (0, 1, 9, 11),
-                        pointwise.NUM_WARPS,
+                        NUM_WARPS,
                     )
                 )
                 sig = {"x_ptr": ptr, "g_ptr": ptr, "dx_ptr": ptr, **dict.fromkeys(per_channel, acc), "sums_ptr": acc}
@@ -241,7 +242,7 @@ def _bn_act_entries() -> list[Entry]:
                         sig,
                         {"FN": bwd, **const, "TRAINING": True, **blocks},
                         (0, 1, 2, 13),
-                        pointwise.NUM_WARPS,
+                        NUM_WARPS,
                     )
                 )
         # One program per channel (small NCHW maps): RT-DETR-l's 20x20 at batch 16, A = 16, B = 400.
@@ -270,7 +271,7 @@ def _bn_act_entries() -> list[Entry]:
                     sig,
                     const,
                     (0, 1, 11),
-                    pointwise.NUM_WARPS,
+                    NUM_WARPS,
                 )
             )
             sig = {"x_ptr": ptr, "g_ptr": ptr, "dx_ptr": ptr, **dict.fromkeys(per_channel, acc)}
@@ -285,7 +286,7 @@ def _bn_act_entries() -> list[Entry]:
                     sig,
                     const,
                     (0, 1, 2, 13),
-                    pointwise.NUM_WARPS,
+                    NUM_WARPS,
                 )
             )
     for acc in ("*fp32", "*fp64"):
@@ -294,9 +295,7 @@ def _bn_act_entries() -> list[Entry]:
         sig |= dict.fromkeys(("UPDATE", "BLOCK_S", "BLOCK_C"), "constexpr")
         const = {"UPDATE": True, "BLOCK_S": bn_act.FINALIZE_TILE // 32, "BLOCK_C": 32}
         # Per-channel vectors only: no full tensor, so no 128-bit load is asked of it.
-        entries.append(
-            Entry("bn finalize", acc[1:], bn_act._finalize_kernel, sig, const, (), pointwise.NUM_WARPS, False)
-        )
+        entries.append(Entry("bn finalize", acc[1:], bn_act._finalize_kernel, sig, const, (), NUM_WARPS, False))
     return entries
 
 
