@@ -12,6 +12,9 @@ average), unbiased running variance, ``num_batches_tracked``, ``affine``,
 ``track_running_stats``, running statistics in eval mode.
 """
 
+import weakref
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,32 +22,35 @@ from torch import nn
 from .kernels import accumulate_dtype
 from .modules import get_activation
 from .ops import bn_act as _ops
-from .ops.common import check_float, check_same_device, compiling, exporting
+from .ops.common import FLOAT_DTYPES, check_float, check_same_device, compiling, exporting
 from .recompute import tag
+
+_SPECS: dict[type, Callable[[nn.Module], tuple[str, float, torch.Tensor | None]]] = {
+    nn.PReLU: lambda m: ("prelu", 0.0, m.weight),
+    nn.LeakyReLU: lambda m: ("leaky_relu", float(m.negative_slope), None),
+    nn.GELU: lambda m: ("gelu" if m.approximate == "none" else "gelu_tanh", 0.0, None),
+    nn.SiLU: lambda m: ("silu", 0.0, None),
+    nn.Mish: lambda m: ("mish", 0.0, None),
+    nn.Hardswish: lambda m: ("hardswish", 0.0, None),
+    nn.ReLU6: lambda m: ("relu6", 0.0, None),
+    nn.ReLU: lambda m: ("relu", 0.0, None),
+    nn.Identity: lambda m: ("identity", 0.0, None),
+}
+
+
+_READERS: dict[type, Callable[[nn.Module], tuple[str, float, torch.Tensor | None]] | None] = {}
+"""Each module class seen -> its nearest torch.nn base's row of ``_SPECS``, found once."""
 
 
 def activation_spec(act: nn.Module) -> tuple[str, float, torch.Tensor | None] | None:
     """(name, alpha, PReLU weight) of a supported activation module (torch.nn's or ours), or
     None: SiLU, Mish, Hardswish, LeakyReLU, ReLU6, ReLU, GELU (both approximations), PReLU, and
     ``nn.Identity`` (BatchNorm alone)."""
-    if isinstance(act, nn.PReLU):
-        return "prelu", 0.0, act.weight
-    if isinstance(act, nn.LeakyReLU):
-        return "leaky_relu", float(act.negative_slope), None
-    if isinstance(act, nn.GELU):
-        return ("gelu" if act.approximate == "none" else "gelu_tanh"), 0.0, None
-    simple = {
-        nn.SiLU: "silu",
-        nn.Mish: "mish",
-        nn.Hardswish: "hardswish",
-        nn.ReLU6: "relu6",
-        nn.ReLU: "relu",
-        nn.Identity: "identity",
-    }
-    for cls, name in simple.items():
-        if isinstance(act, cls):
-            return name, 0.0, None
-    return None
+    cls = type(act)
+    if cls not in _READERS:
+        _READERS[cls] = next((_SPECS[base] for base in cls.__mro__ if base in _SPECS), None)
+    reader = _READERS[cls]
+    return reader(act) if reader is not None else None
 
 
 def _channel_vector(t: torch.Tensor | None, channels: int, arg: str, x: torch.Tensor) -> None:
@@ -106,17 +112,69 @@ def batch_norm_act(
     bias = bias.reshape(c).contiguous() if bias is not None else input.new_zeros(c, dtype=acc)
     if act_weight is not None:
         act_weight = act_weight.reshape(-1).expand(c).contiguous()  # autograd sums a shared weight's grad
+    args = (training, float(momentum), float(eps), act, float(alpha), recompute)
+    return _fused(input, running_mean, running_var, weight, bias, act_weight, *args)
+
+
+def _fused(
+    input: torch.Tensor,
+    running_mean: torch.Tensor | None,
+    running_var: torch.Tensor | None,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    act_weight: torch.Tensor | None,
+    training: bool,
+    momentum: float,
+    eps: float,
+    act: str,
+    alpha: float,
+    recompute: bool,
+) -> torch.Tensor:
+    """``batch_norm_act`` on checked arguments: C-element contiguous parameters."""
+    grad = torch.is_grad_enabled() and (
+        input.requires_grad
+        or weight.requires_grad
+        or bias.requires_grad
+        or (act_weight is not None and act_weight.requires_grad)
+    )
     if training:
-        out, mean, invstd = _ops.BN_ACT_TRAIN(
-            input, running_mean, running_var, weight, bias, act_weight, float(momentum), float(eps), act, float(alpha)
-        )
+        args = (input, running_mean, running_var, weight, bias, act_weight, momentum, eps, act, alpha)
+        if compiling():
+            out, mean, invstd = _ops.bn_act_train_compiled(*args)
+        else:
+            out, mean, invstd = (_ops.BatchNormActTrain.apply if grad else _ops._bn_act_train)(*args)
     else:
-        mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
-        out = _ops.BN_ACT(input, mean, invstd, weight, bias, act_weight, training, act, float(alpha))
-    tensors, args = (input, mean, invstd, weight, bias, act_weight), (training, act, float(alpha))
+        mean, invstd = _fixed_statistics(running_mean, running_var, eps, accumulate_dtype(input))
+        args = (input, mean, invstd, weight, bias, act_weight, False, act, alpha)
+        out = (_ops.bn_act if compiling() else _ops.BatchNormAct.apply if grad else _ops._bn_act)(*args)
     if recompute and out.requires_grad and not compiling():
-        tag(out, _ops.BN_ACT.direct, tensors, args)
+        tag(out, _ops._bn_act, (input, mean, invstd, weight, bias, act_weight), (training, act, alpha))
     return out
+
+
+_FIXED: dict[int, tuple] = {}
+"""id(running_var) -> (weak reference to it, running_mean, both versions, eps, dtype, mean, invstd)
+of the last eval call; an entry goes with its running_var."""
+
+
+def _fixed_statistics(
+    running_mean: torch.Tensor, running_var: torch.Tensor, eps: float, acc: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval mode's mean and 1 / sqrt(var + eps) in ``acc``, from the running statistics: worked
+    out again only when they change (their version counters), as they do not between eval calls
+    (two PyTorch kernels, and their launches, saved per call)."""
+    if compiling():
+        return running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
+    key = (running_mean._version, running_var._version, eps, acc)
+    cached = _FIXED.get(id(running_var))
+    if cached is not None and cached[0]() is running_var and cached[1] is running_mean and cached[2:6] == key:
+        return cached[6], cached[7]
+    with torch.no_grad():
+        mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
+    ident = id(running_var)
+    gone = weakref.ref(running_var, lambda _: _FIXED.pop(ident, None))
+    _FIXED[ident] = (gone, running_mean, *key, mean, invstd)
+    return mean, invstd
 
 
 def batch_norm_act_module(
@@ -135,20 +193,24 @@ def batch_norm_act_module(
         factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
     use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
     keep = not bn.training or bn.track_running_stats
+    running_mean, running_var = (bn.running_mean, bn.running_var) if keep else (None, None)
     name, alpha, act_weight = spec
-    return batch_norm_act(
-        input,
-        bn.running_mean if keep else None,
-        bn.running_var if keep else None,
-        bn.weight,
-        bn.bias,
-        use_batch_stats,
-        factor,
-        bn.eps,
-        name,
-        alpha,
-        act_weight,
-        recompute,
+    weight, bias, c = bn.weight, bn.bias, bn.num_features
+    if (
+        weight is None
+        or act_weight is not None
+        or exporting()
+        or not input.numel()
+        or input.shape[1] != c
+        or input.dtype not in FLOAT_DTYPES
+    ):  # the checks and conversions of the functional form
+        args = (running_mean, running_var, weight, bias, use_batch_stats, factor, bn.eps, name, alpha, act_weight)
+        return batch_norm_act(input, *args, recompute)
+    if use_batch_stats and input.numel() == c:
+        raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
+    # The module's own C-element parameters and buffers: nothing to check or convert per call.
+    return _fused(
+        input, running_mean, running_var, weight, bias, None, use_batch_stats, factor, bn.eps, name, alpha, recompute
     )
 
 

@@ -1,11 +1,14 @@
-"""Elementwise activations as custom ops: ``rtdetr_fused::act`` (and ``act_`` in place) with
-``rtdetr_fused::act_backward``, one op for every row of ``SPECS``.
+"""Elementwise activations: the eager autograd Functions (``Act``, ``ActMask``, ``InplaceAct``)
+and, for torch.compile, the custom ops ``rtdetr_fused::act`` (``act_`` in place, ``act_mask``
+with one bit per element) with their backward ops, one op for every row of ``SPECS``.
 
-On CUDA tensors the ops launch the Triton kernels of ``rtdetr_fused.kernels.pointwise``.
-On CPU tensors they launch them too under Triton's interpreter, and otherwise compute with
-the PyTorch reference of the row, so a patched model runs anywhere.
+The Triton kernels of ``rtdetr_fused.kernels.pointwise`` run on CUDA tensors (and CPU tensors
+under the interpreter or ``testing.stub_launches``); other CPU tensors compute with the
+PyTorch reference of the row, so a patched model runs anywhere. ``policy.native`` sends small
+maps of the activations PyTorch runs as fast as ours to PyTorch's own op.
 """
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -13,7 +16,8 @@ import torch
 import torch.nn.functional as F
 
 from ..recompute import save_for_backward, saved_tensors
-from .common import Routed, check_float, dense, exporting, interpreting, is_dense, like, with_strides
+from . import policy
+from .common import check_float, compiling, dense, exporting, is_dense, like, on_kernels, with_strides
 
 aten = torch.ops.aten
 
@@ -30,12 +34,19 @@ class ActSpec:
     reference: Callable[[torch.Tensor, float], torch.Tensor]
     reference_backward: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
     saves_output: Callable[[float], bool] = lambda alpha: False
+    torch_saves_output: bool = False
+    """What PyTorch's own op saves: where it saves what ours does, ``policy.native`` may run it."""
+    torch_as_fast: bool = False
+    """PyTorch's own kernels run as fast as ours on the device (H200, 2026-11-30): ours can win
+    only where the device, not the host, sets the pace (``policy.native``)."""
 
 
 SPECS: dict[str, ActSpec] = {
-    "silu": ActSpec(lambda x, a: F.silu(x), lambda x, g, a: aten.silu_backward(g, x)),
+    "silu": ActSpec(lambda x, a: F.silu(x), lambda x, g, a: aten.silu_backward(g, x), torch_as_fast=True),
     "mish": ActSpec(lambda x, a: F.mish(x), lambda x, g, a: aten.mish_backward(g, x)),
-    "hardswish": ActSpec(lambda x, a: F.hardswish(x), lambda x, g, a: aten.hardswish_backward(g, x)),
+    "hardswish": ActSpec(
+        lambda x, a: F.hardswish(x), lambda x, g, a: aten.hardswish_backward(g, x), torch_as_fast=True
+    ),
     "leaky_relu": ActSpec(
         lambda x, a: F.leaky_relu(x, a),
         # The saved tensor has the input's sign (output when alpha >= 0, else input).
@@ -43,15 +54,23 @@ SPECS: dict[str, ActSpec] = {
         lambda a: a >= 0,
     ),
     "relu6": ActSpec(lambda x, a: F.relu6(x), lambda y, g, a: aten.hardtanh_backward(g, y, 0.0, 6.0), lambda a: True),
-    "relu": ActSpec(lambda x, a: F.relu(x), lambda y, g, a: aten.threshold_backward(g, y, 0), lambda a: True),
-    "gelu": ActSpec(lambda x, a: F.gelu(x), lambda x, g, a: aten.gelu_backward(g, x)),
+    "relu": ActSpec(
+        lambda x, a: F.relu(x),
+        lambda y, g, a: aten.threshold_backward(g, y, 0),
+        lambda a: True,
+        torch_saves_output=True,
+        torch_as_fast=True,
+    ),
+    "gelu": ActSpec(lambda x, a: F.gelu(x), lambda x, g, a: aten.gelu_backward(g, x), torch_as_fast=True),
     "gelu_tanh": ActSpec(
         lambda x, a: F.gelu(x, approximate="tanh"),
         lambda x, g, a: aten.gelu_backward(g, x, approximate="tanh"),
+        torch_as_fast=True,
     ),
 }
 
 
+@functools.cache
 def _kernels():
     from rtdetr_fused.kernels import pointwise  # imports triton: only when a kernel runs
 
@@ -73,14 +92,14 @@ def _act_triton(x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
     return out
 
 
+def _act(x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+    return _act_triton(x, name, alpha) if on_kernels(x) else SPECS[name].reference(x, alpha)
+
+
 act = torch.library.custom_op("rtdetr_fused::act", _act_triton, mutates_args=(), device_types="cuda")
 
 
-@act.register_kernel("cpu")
-def _act_cpu(x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
-    if interpreting():
-        return _act_triton(x, name, alpha)
-    return SPECS[name].reference(x, alpha)
+act.register_kernel("cpu")(_act)
 
 
 @act.register_fake
@@ -100,16 +119,18 @@ def _act_backward_triton(saved: torch.Tensor, grad: torch.Tensor, name: str, alp
     return out
 
 
+def _act_backward(saved: torch.Tensor, grad: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+    if on_kernels(saved):
+        return _act_backward_triton(saved, grad, name, alpha)
+    return like(SPECS[name].reference_backward(saved, grad, alpha), saved)
+
+
 act_backward = torch.library.custom_op(
     "rtdetr_fused::act_backward", _act_backward_triton, mutates_args=(), device_types="cuda"
 )
 
 
-@act_backward.register_kernel("cpu")
-def _act_backward_cpu(saved: torch.Tensor, grad: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
-    if interpreting():
-        return _act_backward_triton(saved, grad, name, alpha)
-    return like(SPECS[name].reference_backward(saved, grad, alpha), saved)
+act_backward.register_kernel("cpu")(_act_backward)
 
 
 @act_backward.register_fake
@@ -124,16 +145,30 @@ def _setup_context(ctx, inputs, output) -> None:
     save_for_backward(ctx, output if SPECS[name].saves_output(alpha) else x)
 
 
-def _backward_with(backward: Callable) -> Callable:
-    def _backward(ctx, grad: torch.Tensor):
+class Act(torch.autograd.Function):
+    """``act(x)`` out of place; backward saves the output where ``SPECS`` says its derivative can
+    be read off it, else the input. (``forward`` takes ``ctx``: a Function with a
+    ``setup_context`` method costs 20 us more per call, torch 2.14 binding its arguments with
+    ``inspect.signature`` on every ``apply``.)"""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+        out = _act(x, name, alpha)
+        _setup_context(ctx, (x, name, alpha), out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
         (saved,) = saved_tensors(ctx)
-        return backward(saved, grad, ctx.name, ctx.alpha), None, None
-
-    return _backward
+        return _act_backward(saved, grad, ctx.name, ctx.alpha), None, None
 
 
-ACT_BACKWARD = Routed(act_backward, _act_backward_triton, _act_backward_cpu)
-ACT = Routed(act, _act_triton, _act_cpu, _setup_context, _backward_with, ACT_BACKWARD)
+def _compiled_backward(ctx, grad: torch.Tensor):
+    (saved,) = saved_tensors(ctx)
+    return act_backward(saved, grad, ctx.name, ctx.alpha), None, None
+
+
+act.register_autograd(_compiled_backward, setup_context=_setup_context)
 
 
 # --- act_mask: backward from one bit per element -----------------------------------------------
@@ -161,9 +196,8 @@ def _storage_order(t: torch.Tensor) -> torch.Tensor:
     return t.as_strided((t.numel(),), (1,))
 
 
-@act_mask.register_kernel("cpu")
-def _act_mask_cpu(x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-    if interpreting():
+def _act_mask(x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+    if on_kernels(x):
         return _act_mask_triton(x, name, alpha)
     out = like(SPECS[name].reference(x, alpha), x)
     saved = out if SPECS[name].saves_output(alpha) else x
@@ -171,6 +205,9 @@ def _act_mask_cpu(x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tenso
     flat = _storage_order(torch.empty_like(out, dtype=torch.bool).copy_(one))
     padded = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)]).view(-1, 8).to(torch.uint8)
     return out, (padded * _BIT_WEIGHTS).sum(1, dtype=torch.uint8)
+
+
+act_mask.register_kernel("cpu")(_act_mask)
 
 
 @act_mask.register_fake
@@ -191,9 +228,8 @@ act_mask_backward = torch.library.custom_op(
 )
 
 
-@act_mask_backward.register_kernel("cpu")
-def _act_mask_backward_cpu(bits: torch.Tensor, grad: torch.Tensor, stride: list[int], alpha: float) -> torch.Tensor:
-    if interpreting():
+def _act_mask_backward(bits: torch.Tensor, grad: torch.Tensor, stride: list[int], alpha: float) -> torch.Tensor:
+    if on_kernels(grad):
         return _act_mask_backward_triton(bits, grad, stride, alpha)
     grad = with_strides(grad, stride)
     one = torch.empty_like(grad, dtype=torch.bool)
@@ -202,30 +238,43 @@ def _act_mask_backward_cpu(bits: torch.Tensor, grad: torch.Tensor, stride: list[
     return torch.where(one, grad, grad * alpha if alpha else torch.zeros_like(grad))
 
 
+act_mask_backward.register_kernel("cpu")(_act_mask_backward)
+
+
 @act_mask_backward.register_fake
 def _act_mask_backward_fake(bits: torch.Tensor, grad: torch.Tensor, stride: list[int], alpha: float) -> torch.Tensor:
     return torch.empty_strided(grad.shape, stride, dtype=grad.dtype, device=grad.device)
 
 
 def _mask_setup_context(ctx, inputs, output) -> None:
-    _, _, alpha = inputs
     out, bits = output
-    ctx.stride, ctx.alpha = list(out.stride()), alpha
+    ctx.stride, ctx.alpha = list(out.stride()), inputs[2]
+    ctx.mark_non_differentiable(bits)
     ctx.save_for_backward(bits)
 
 
-def _mask_backward_with(backward: Callable) -> Callable:
-    def _backward(ctx, grad: torch.Tensor, _grad_bits: torch.Tensor | None):
+class ActMask(torch.autograd.Function):
+    """``(act(x), bits)``: backward reads one bit per element (where the derivative is 1) instead
+    of a tensor."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
+        output = _act_mask(x, name, alpha)
+        _mask_setup_context(ctx, (x, name, alpha), output)
+        return output
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_bits: torch.Tensor | None):
         (bits,) = ctx.saved_tensors
-        return backward(bits, grad, ctx.stride, ctx.alpha), None, None
-
-    return _backward
+        return _act_mask_backward(bits, grad, ctx.stride, ctx.alpha), None, None
 
 
-ACT_MASK_BACKWARD = Routed(act_mask_backward, _act_mask_backward_triton, _act_mask_backward_cpu)
-ACT_MASK = Routed(
-    act_mask, _act_mask_triton, _act_mask_cpu, _mask_setup_context, _mask_backward_with, ACT_MASK_BACKWARD
-)
+def _compiled_mask_backward(ctx, grad: torch.Tensor, _grad_bits: torch.Tensor | None):
+    (bits,) = ctx.saved_tensors
+    return act_mask_backward(bits, grad, ctx.stride, ctx.alpha), None, None
+
+
+act_mask.register_autograd(_compiled_mask_backward, setup_context=_mask_setup_context)
 
 
 # --- act_: in place -------------------------------------------------------------------------
@@ -241,15 +290,18 @@ def _act_inplace_triton(x: torch.Tensor, name: str, alpha: float) -> None:
 act_ = torch.library.custom_op("rtdetr_fused::act_", _act_inplace_triton, mutates_args=("x",), device_types="cuda")
 
 
-@act_.register_kernel("cpu")
-def _act_inplace_cpu(x: torch.Tensor, name: str, alpha: float) -> None:
-    if interpreting():
+def _act_inplace(x: torch.Tensor, name: str, alpha: float) -> None:
+    if on_kernels(x):
         _act_inplace_triton(x, name, alpha)
     else:
         x.copy_(SPECS[name].reference(x, alpha))
 
 
-ACT_ = Routed(act_, _act_inplace_triton, _act_inplace_cpu)
+act_.register_kernel("cpu")(_act_inplace)
+
+
+def _inplace(x: torch.Tensor, name: str, alpha: float) -> None:
+    (act_ if compiling() else _act_inplace)(x, name, alpha)
 
 
 class InplaceAct(torch.autograd.Function):
@@ -261,13 +313,17 @@ class InplaceAct(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
         keep_output = SPECS[name].saves_output(alpha)
         saved = None if keep_output else x.clone()
-        ACT_(x, name, alpha)
+        _inplace(x, name, alpha)
         ctx.mark_dirty(x)
         save_for_backward(ctx, x if keep_output else saved)  # x changed in place: no recipe holds
         ctx.name, ctx.alpha = name, alpha
         return x
 
-    backward = staticmethod(_backward_with(ACT_BACKWARD))
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (saved,) = saved_tensors(ctx)
+        backward = act_backward if compiling() else _act_backward
+        return backward(saved, grad, ctx.name, ctx.alpha), None, None
 
 
 def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False, bitmask: bool = False) -> torch.Tensor:
@@ -280,11 +336,17 @@ def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False,
         raise ValueError("bitmask=True works out of place: in place, the output is saved, which costs nothing extra")
     if exporting():
         return SPECS[name].reference(x, alpha)  # exporters see the standard op
+    if inplace:
+        if torch.is_grad_enabled() and x.requires_grad:
+            return InplaceAct.apply(x, name, alpha)
+        _inplace(x, name, alpha)
+        return x
+    if compiling():  # the custom ops, which torch.compile sees
+        return act_mask(x, name, alpha)[0] if bitmask else act(x, name, alpha)
+    grad = torch.is_grad_enabled() and x.requires_grad
     if bitmask:
-        return ACT_MASK(x, name, alpha)[0]
-    if not inplace:
-        return ACT(x, name, alpha)
-    if torch.is_grad_enabled() and x.requires_grad:
-        return InplaceAct.apply(x, name, alpha)
-    ACT_(x, name, alpha)
-    return x
+        return ActMask.apply(x, name, alpha)[0] if grad else _act(x, name, alpha)
+    spec = SPECS[name]
+    if policy.native(x, spec.torch_as_fast, spec.saves_output(alpha) == spec.torch_saves_output):
+        return spec.reference(x, alpha)
+    return Act.apply(x, name, alpha) if grad else _act(x, name, alpha)

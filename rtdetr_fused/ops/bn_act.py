@@ -1,4 +1,5 @@
-"""BatchNorm2d fused with an activation as custom ops.
+"""BatchNorm2d fused with an activation: the eager autograd Functions ``BatchNormAct`` (given
+statistics) and ``BatchNormActTrain`` (this batch's), and the custom ops torch.compile sees:
 
 - ``rtdetr_fused::bn_stats(x, running_mean?, running_var?, momentum, eps) -> (mean, invstd)``:
   the batch statistics per channel, updating the running statistics in place. No autograd:
@@ -8,9 +9,11 @@
   ``act((x - mean) * invstd * weight + bias)``. ``training`` says the statistics are this
   batch's, which adds their gradient terms.
 - ``rtdetr_fused::bn_act_backward``: grad of x, weight, bias and act_weight.
-- ``BN_ACT_TRAIN``: training mode's ``bn_stats`` then ``bn_act`` in one call, ``(out, mean,
-  invstd)``: eagerly one kernel on small maps (``kernels.bn_act.train_forward``); torch.compile
-  sees the two ops (a custom op that mutates its arguments cannot have an autograd formula).
+
+``BatchNormActTrain`` runs training mode's statistics and output in one call, ``(out, mean,
+invstd)``: one kernel on small maps (``kernels.bn_act.train_forward``); torch.compile sees
+``bn_stats`` then ``bn_act`` (a custom op that mutates its arguments cannot have an autograd
+formula).
 
 ``bn_act`` saves ``x``, ``mean``, ``invstd``, ``weight``, ``bias`` (and PReLU's
 ``act_weight``) for backward, never the output, so a Conv -> BN+act -> Conv chain keeps two
@@ -20,13 +23,13 @@ On CPU tensors the ops run the Triton kernels under ``TRITON_INTERPRET=1`` and P
 references otherwise.
 """
 
-from collections.abc import Callable
+import functools
 
 import torch
 
 from ..kernels import accumulate_dtype
 from .activation import SPECS, ActSpec
-from .common import Routed, dense, device_programs, interpreting, like
+from .common import dense, device_programs, like, on_kernels
 
 ACT_SPECS = {**SPECS, "identity": ActSpec(lambda x, a: x, lambda x, g, a: g)}
 """The elementwise activations' PyTorch references, and identity (BatchNorm alone)."""
@@ -34,6 +37,7 @@ NAMES = (*ACT_SPECS, "prelu")
 """Activation names ``bn_act`` accepts."""
 
 
+@functools.cache
 def _kernels():
     from rtdetr_fused.kernels import bn_act  # imports triton: only when a kernel runs
 
@@ -63,7 +67,7 @@ bn_stats = torch.library.custom_op(
 def _bn_stats_cpu(
     x: torch.Tensor, running_mean: torch.Tensor | None, running_var: torch.Tensor | None, momentum: float, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    if interpreting():
+    if on_kernels(x):
         return _bn_stats_triton(x, running_mean, running_var, momentum, eps)
     # BatchNorm's own statistics and running update (3x faster than var_mean over dims 0, 2, 3),
     # on running statistics in the accumulation dtype: themselves, or copies written back.
@@ -115,8 +119,9 @@ def _reference_z(x, mean, invstd, weight, bias) -> torch.Tensor:
 
 
 @bn_act.register_kernel("cpu")
-def _bn_act_cpu(x, mean, invstd, weight, bias, act_weight, training, name, alpha) -> torch.Tensor:
-    if interpreting():
+def _bn_act(x, mean, invstd, weight, bias, act_weight, training, name, alpha) -> torch.Tensor:
+    """``bn_act``'s forward on any device, without autograd (also what a recomputed output runs)."""
+    if on_kernels(x):
         return _bn_act_triton(x, mean, invstd, weight, bias, act_weight, training, name, alpha)
     z = _reference_z(x, mean, invstd, weight, bias)
     y = torch.prelu(z, act_weight.to(z.dtype)) if name == "prelu" else ACT_SPECS[name].reference(z, alpha)
@@ -151,15 +156,15 @@ def _bn_act_train_triton(
     return out, mean, invstd
 
 
-def _bn_act_train_cpu(x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha):
-    if interpreting():
+def _bn_act_train(x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha):
+    if on_kernels(x):
         return _bn_act_train_triton(x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha)
     mean, invstd = _bn_stats_cpu(x, running_mean, running_var, momentum, eps)
-    return _bn_act_cpu(x, mean, invstd, weight, bias, act_weight, True, name, alpha), mean, invstd
+    return _bn_act(x, mean, invstd, weight, bias, act_weight, True, name, alpha), mean, invstd
 
 
-def _bn_act_train_composed(x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha):
-    """``BN_ACT_TRAIN`` as torch.compile sees it."""
+def bn_act_train_compiled(x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha):
+    """``BatchNormActTrain`` as torch.compile sees it."""
     mean, invstd = bn_stats(x.detach(), running_mean, running_var, momentum, eps)
     return bn_act(x, mean, invstd, weight, bias, act_weight, True, name, alpha), mean, invstd
 
@@ -196,8 +201,8 @@ bn_act_backward = torch.library.custom_op(
 
 
 @bn_act_backward.register_kernel("cpu")
-def _bn_act_backward_cpu(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha):
-    if interpreting():
+def _bn_act_backward(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha):
+    if on_kernels(x):
         return _bn_act_backward_triton(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha)
     acc = mean.dtype
     z, g = _reference_z(x, mean, invstd, weight, bias), grad.to(acc)
@@ -223,44 +228,55 @@ def _bn_act_backward_fake(x, grad, mean, invstd, weight, bias, act_weight, train
     return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), grad_a
 
 
-def _setup_context(ctx, inputs, output) -> None:
-    x, mean, invstd, weight, bias, act_weight, training, name, alpha = inputs
+def _save(ctx, x, mean, invstd, weight, bias, act_weight, training: bool, name: str, alpha: float) -> None:
     ctx.training, ctx.name, ctx.alpha = training, name, alpha
     ctx.save_for_backward(x, mean, invstd, weight, bias, act_weight)
 
 
-def _train_setup_context(ctx, inputs, output) -> None:
-    x, _, _, weight, bias, act_weight, _, _, name, alpha = inputs
-    _, mean, invstd = output
-    ctx.mark_non_differentiable(mean, invstd)
-    ctx.training, ctx.name, ctx.alpha = True, name, alpha
-    ctx.save_for_backward(x, mean, invstd, weight, bias, act_weight)
+def _grads(ctx, grad: torch.Tensor, backward=_bn_act_backward) -> tuple:
+    """Grads of x, the two statistics (none), weight, bias and act_weight, the inputs both
+    Functions start with."""
+    x, mean, invstd, weight, bias, act_weight = ctx.saved_tensors
+    grad_x, grad_w, grad_b, grad_a = backward(
+        x, grad, mean, invstd, weight, bias, act_weight, ctx.training, ctx.name, ctx.alpha
+    )
+    return grad_x, None, None, grad_w, grad_b, grad_a if act_weight is not None else None
 
 
-def _backward_with(backward: Callable) -> Callable:
-    """Backward of both forwards: their first six inputs are x, two per-channel tensors, weight,
-    bias and act_weight (differentiable: x and the last three); grads of the train op's
-    statistics outputs are ignored (they are not differentiable)."""
+class BatchNormAct(torch.autograd.Function):
+    """``act((x - mean) * invstd * weight + bias)`` with given statistics; ``training`` says they
+    are this batch's (backward then adds their gradient terms). Saves ``x``, the statistics and
+    the parameters, never the output."""
 
-    def _backward(ctx, grad: torch.Tensor, *statistics_grads):
-        x, mean, invstd, weight, bias, act_weight = ctx.saved_tensors
-        grad_x, grad_w, grad_b, grad_a = backward(
-            x, grad, mean, invstd, weight, bias, act_weight, ctx.training, ctx.name, ctx.alpha
+    @staticmethod
+    def forward(ctx, x, mean, invstd, weight, bias, act_weight, training, name, alpha) -> torch.Tensor:
+        _save(ctx, x, mean, invstd, weight, bias, act_weight, training, name, alpha)
+        return _bn_act(x, mean, invstd, weight, bias, act_weight, training, name, alpha)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return *_grads(ctx, grad), None, None, None
+
+
+class BatchNormActTrain(torch.autograd.Function):
+    """``(out, mean, invstd)`` of training mode: this batch's statistics (updating the running
+    ones when given) and the output, as ``BatchNormAct`` with ``training=True``."""
+
+    @staticmethod
+    def forward(ctx, x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha):
+        out, mean, invstd = _bn_act_train(
+            x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha
         )
-        grads = grad_x, None, None, grad_w, grad_b, grad_a if act_weight is not None else None
-        return grads + (None,) * (len(ctx.needs_input_grad) - len(grads))
+        ctx.mark_non_differentiable(mean, invstd)
+        _save(ctx, x, mean, invstd, weight, bias, act_weight, True, name, alpha)
+        return out, mean, invstd
 
-    return _backward
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor, _grad_mean: torch.Tensor | None, _grad_invstd: torch.Tensor | None):
+        return *_grads(ctx, grad), None, None, None, None
 
 
-BN_STATS = Routed(bn_stats, _bn_stats_triton, _bn_stats_cpu)
-BN_ACT_BACKWARD = Routed(bn_act_backward, _bn_act_backward_triton, _bn_act_backward_cpu)
-BN_ACT = Routed(bn_act, _bn_act_triton, _bn_act_cpu, _setup_context, _backward_with, BN_ACT_BACKWARD)
-BN_ACT_TRAIN = Routed(
-    _bn_act_train_composed,
-    _bn_act_train_triton,
-    _bn_act_train_cpu,
-    _train_setup_context,
-    _backward_with,
-    BN_ACT_BACKWARD,
+bn_act.register_autograd(
+    lambda ctx, grad: (*_grads(ctx, grad, bn_act_backward), None, None, None),
+    setup_context=lambda ctx, inputs, output: _save(ctx, *inputs),
 )

@@ -2,16 +2,31 @@
 
 import functools
 import os
-from collections.abc import Callable
 
 import torch
 
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+STUBBED = False
+"""Set by ``rtdetr_fused.testing.stub_launches``: CPU tensors take the kernels' route."""
+
+
+# os.environ's own mapping, read directly: ``os.environ.get`` encodes its key on every call
+# (1.4 us, more than an activation's Python path may spend), and the variable is read live, as
+# tests switch it.
+_ENVIRON, _INTERPRET, _ONE = os.environ._data, os.environ.encodekey("TRITON_INTERPRET"), os.environ.encodevalue("1")
+
+
 def interpreting() -> bool:
     """True when Triton's interpreter runs kernels on CPU tensors (``TRITON_INTERPRET=1``)."""
-    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return _ENVIRON.get(_INTERPRET) == _ONE
+
+
+def on_kernels(x: torch.Tensor) -> bool:
+    """Whether ops on ``x`` launch our Triton kernels: CUDA tensors, and CPU tensors under the
+    interpreter or ``stub_launches``. Other CPU tensors compute with PyTorch's ops."""
+    return x.is_cuda or STUBBED or interpreting()
 
 
 def check_float(t: torch.Tensor, arg: str) -> None:
@@ -53,6 +68,8 @@ def with_strides(t: torch.Tensor, stride: list[int]) -> torch.Tensor:
 
 def like(t: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
     """``t`` laid out as ``torch.empty_like(ref)``, copying only when the strides differ."""
+    if t.stride() == ref.stride() and is_dense(ref):
+        return t  # the usual case, a gradient laid out as the tensor saved for it
     return with_strides(t, (ref if is_dense(ref) else torch.empty_like(ref)).stride())
 
 
@@ -78,63 +95,7 @@ def exporting() -> bool:
 
 def compiling() -> bool:
     """True while torch.compile (Dynamo) traces: the ops then go through the dispatcher as
-    custom ops, which it can see. Eager calls skip the dispatcher (see ``Routed``)."""
+    custom ops, which it can see. Eager calls skip the dispatcher: there the custom op and its
+    autograd wrapper cost the host several times a small map's kernels (250 us per
+    forward+backward on the H200's host, against 75 us for torch.nn)."""
     return torch.compiler.is_compiling()
-
-
-class Routed:
-    """A custom op for torch.compile, and the same implementations called directly in eager
-    mode: there, the dispatcher and the custom op's autograd wrapper cost the host several
-    times what a small map's kernel costs the GPU (250 us per forward+backward on the H200's
-    host, against 75 us for torch.nn).
-
-    ``cuda`` and ``cpu`` are the op's kernels (the first argument's device picks one); with
-    ``setup_context`` and ``backward`` (the custom op's autograd, written against
-    ``backward_op``: called as the custom op under compile, directly in eager), eager calls
-    that need a gradient run a plain ``torch.autograd.Function`` over them. ``op`` may instead
-    be a function of custom ops with their own autograd, computing what the kernels do: what
-    torch.compile traces in place of an eager-only fusion.
-    """
-
-    def __init__(
-        self,
-        op: Callable,
-        cuda: Callable,
-        cpu: Callable,
-        setup_context: Callable | None = None,
-        backward: Callable[[Callable], Callable] | None = None,
-        backward_op: "Routed | None" = None,
-    ):
-        self.op, self._cuda, self._cpu = op, cuda, cpu
-        self.function = None
-        if backward is not None:
-            if isinstance(op, torch.library.CustomOpDef):
-                op.register_autograd(backward(backward_op.op), setup_context=setup_context)
-            self.function = _eager_function(cuda.__name__, self.direct, setup_context, backward(backward_op.direct))
-
-    def direct(self, x: torch.Tensor, *args):
-        return (self._cuda if x.is_cuda else self._cpu)(x, *args)
-
-    def __call__(self, *args):
-        if compiling():
-            return self.op(*args)
-        if self.function is not None and torch.is_grad_enabled() and any(_requires_grad(a) for a in args):
-            return self.function.apply(*args)
-        return self.direct(*args)
-
-
-def _requires_grad(a: object) -> bool:
-    return isinstance(a, torch.Tensor) and a.requires_grad
-
-
-def _eager_function(name: str, forward: Callable, setup_context: Callable, backward: Callable) -> type:
-    """A ``torch.autograd.Function`` running ``forward`` and ``backward`` with the custom op's
-    ``setup_context``."""
-
-    def function_forward(ctx, *inputs):
-        output = forward(*inputs)
-        setup_context(ctx, inputs, output)
-        return output
-
-    methods = {"forward": staticmethod(function_forward), "backward": staticmethod(backward)}
-    return type(f"Eager{name}", (torch.autograd.Function,), methods)

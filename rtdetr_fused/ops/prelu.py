@@ -1,19 +1,21 @@
-"""PReLU as custom ops ``rtdetr_fused::prelu`` and ``rtdetr_fused::prelu_backward``.
+"""PReLU: the eager autograd Function ``PReLU`` and, for torch.compile, the custom ops
+``rtdetr_fused::prelu`` and ``rtdetr_fused::prelu_backward``.
 
 Backward produces grad_input and grad_weight in one Triton kernel (per-program partial
 sums, then a fixed-order sum of the partials): no full-size temporary, no atomics.
 Saved for backward: the input and the weight.
 """
 
-from collections.abc import Callable
+import functools
 
 import torch
 
 from ..kernels import accumulate_dtype
 from ..recompute import save_for_backward, saved_tensors
-from .common import Routed, check_float, check_same_device, dense, device_programs, exporting, interpreting, like
+from .common import check_float, check_same_device, compiling, dense, device_programs, exporting, like, on_kernels
 
 
+@functools.cache
 def _kernels():
     from rtdetr_fused.kernels import prelu  # imports triton: only when a kernel runs
 
@@ -38,12 +40,14 @@ def _prelu_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
 prelu = torch.library.custom_op("rtdetr_fused::prelu", _prelu_triton, mutates_args=(), device_types="cuda")
 
 
-@prelu.register_kernel("cpu")
-def _prelu_cpu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    if interpreting():
+def _prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    if on_kernels(x):
         return _prelu_triton(x, weight)
     w = _weight_view(x, weight).to(accumulate_dtype(x))
     return torch.where(x > 0, x, w * x).to(x.dtype)
+
+
+prelu.register_kernel("cpu")(_prelu)
 
 
 @prelu.register_fake
@@ -69,9 +73,8 @@ prelu_backward = torch.library.custom_op(
 )
 
 
-@prelu_backward.register_kernel("cpu")
-def _prelu_backward_cpu(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    if interpreting():
+def _prelu_backward(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if on_kernels(x):
         return _prelu_backward_triton(x, weight, grad)
     acc = accumulate_dtype(x)
     xa, ga = x.to(acc), grad.to(acc)
@@ -81,6 +84,9 @@ def _prelu_backward_cpu(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tenso
     dims = [d for d in range(x.dim()) if d != 1 or weight.numel() == 1]
     grad_w = per_element.sum(dims) if dims else per_element
     return like(grad_x, x), grad_w.to(weight.dtype).reshape(weight.shape)
+
+
+prelu_backward.register_kernel("cpu")(_prelu_backward)
 
 
 @prelu_backward.register_fake
@@ -94,16 +100,26 @@ def _setup_context(ctx, inputs, output) -> None:
     save_for_backward(ctx, *inputs)  # a tagged input (RepConv's sum under fuse_bn="recompute"): its recipe
 
 
-def _backward_with(backward: Callable) -> Callable:
-    def _backward(ctx, grad: torch.Tensor):
+class PReLU(torch.autograd.Function):
+    """``prelu(x, weight)``; backward saves the input and the weight."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        _setup_context(ctx, (x, weight), None)
+        return _prelu(x, weight)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
         x, weight = saved_tensors(ctx)
-        return backward(x, weight, grad)
-
-    return _backward
+        return _prelu_backward(x, weight, grad)
 
 
-PRELU_BACKWARD = Routed(prelu_backward, _prelu_backward_triton, _prelu_backward_cpu)
-PRELU = Routed(prelu, _prelu_triton, _prelu_cpu, _setup_context, _backward_with, PRELU_BACKWARD)
+def _compiled_backward(ctx, grad: torch.Tensor):
+    x, weight = saved_tensors(ctx)
+    return prelu_backward(x, weight, grad)
+
+
+prelu.register_autograd(_compiled_backward, setup_context=_setup_context)
 
 
 def check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
@@ -125,6 +141,10 @@ def apply(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """PReLU of ``x``; the entry point of ``rtdetr_fused.functional.prelu``."""
     check_float(x, "input")
     check_weight(x, weight)
-    if exporting():
-        return torch.prelu(x, weight)
-    return PRELU(x, weight)
+    if exporting() or (not on_kernels(x) and x.dtype == weight.dtype):
+        return torch.prelu(x, weight)  # exporters see the standard op; on the CPU it saves what ours does
+    if compiling():
+        return prelu(x, weight)
+    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+        return PReLU.apply(x, weight)
+    return _prelu(x, weight)
