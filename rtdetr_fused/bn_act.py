@@ -81,9 +81,9 @@ def batch_norm_act(
     ``act``: silu, mish, hardswish, leaky_relu, relu6, relu, gelu, gelu_tanh, prelu or identity;
     ``alpha`` is LeakyReLU's slope; ``act_weight`` PReLU's weight (one, or one per channel).
     ``training=True`` normalizes with the batch statistics and updates the running ones when
-    given (``momentum`` is the update factor). ``recompute=True`` tags the output so that our
-    ops reading it (``cat_conv.conv2d``, ``cat_conv2d``, ``max_pool2d``) recompute it in
-    backward instead of keeping it (``rtdetr_fused.recompute``; eager autograd only).
+    given (``momentum`` is the update factor). ``recompute=True`` tags the output so that ops
+    reading it through ``rtdetr_fused.recompute.consume`` (a Conv block's conv, ``cat_conv2d``,
+    ``max_pool2d``) recompute it in backward instead of keeping it (eager autograd only).
     """
     check_float(input, "input")
     if input.dim() != 4:

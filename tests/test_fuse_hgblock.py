@@ -83,9 +83,18 @@ def test_cat_conv2d_saves_the_pieces_not_the_cat():
         del out
 
 
-def test_cat_conv2d_rejects_other_padding_modes():
-    with pytest.raises(ValueError, match="padding_mode"):
-        cat_conv2d(_pieces(torch.float32), nn.Conv2d(12, 6, 3, padding=1, padding_mode="reflect"))
+def test_cat_conv2d_runs_any_conv_module():
+    """The module itself runs: a reflect-padded conv gives its own numbers, and its pad keeps
+    the pieces, not the concatenation (the conv keeps the padded map)."""
+    conv = nn.Conv2d(12, 6, 3, padding=1, padding_mode="reflect").double()
+    pieces = _pieces(torch.float64)
+    inputs = [*pieces, *conv.parameters()]
+    expected = _grads(conv(torch.cat(pieces, 1)), inputs)
+    with SavedTensors(exclude=[*conv.parameters()]) as saved:
+        out = cat_conv2d(pieces, conv)
+    assert saved.which(a=pieces[0], b=pieces[1], c=pieces[2]) == "a+b+c+1 other"
+    for got, want in zip(_grads(out, inputs), expected, strict=True):
+        assert torch.equal(got, want)
 
 
 BLOCKS = {

@@ -1,7 +1,7 @@
-"""fuse_bn="recompute": convs, HGBlock concatenations and max pools keep a fused BatchNorm+
-activation output's recipe instead of the output and recompute it in backward. Outputs and
-gradients must be those of fuse_bn=True bit for bit (the same kernels on the same tensors); the
-saved bytes fall to one full tensor per Conv block.
+"""fuse_bn="recompute": convs, linear layers, HGBlock concatenations and max pools, run through
+``recompute.consume``, keep a fused BatchNorm+activation output's recipe instead of the output and
+recompute it in backward. Outputs and gradients must be those of fuse_bn=True bit for bit (the
+same kernels on the same tensors); the saved bytes fall to one full tensor per Conv block.
 """
 
 import copy
@@ -18,10 +18,9 @@ from torch import nn
 import rtdetr_fused.recompute
 from benchmarks.measure import SavedTensors
 from rtdetr_fused.bn_act import batch_norm_act
-from rtdetr_fused.cat_conv import cat_conv2d, conv2d
-from rtdetr_fused.linear import linear
+from rtdetr_fused.cat_conv import cat_conv2d
 from rtdetr_fused.max_pool import max_pool2d
-from rtdetr_fused.recompute import keep, recipe_of, restore, tag
+from rtdetr_fused.recompute import consume, keep, recipe_of, restore, tag
 
 DTYPES = [torch.float64, torch.float32, torch.bfloat16]
 
@@ -49,11 +48,11 @@ def _conv(c: int, dtype: torch.dtype, device: str = "cpu", **kwargs) -> nn.Conv2
 
 
 CONSUMERS = {
-    "conv": lambda conv: lambda x: conv2d(x, conv),
-    "chunk view": lambda conv: lambda x: conv2d(x.chunk(2, 1)[1], conv),
+    "conv": lambda conv: lambda x: consume(conv, x),
+    "chunk view": lambda conv: lambda x: consume(conv, x.chunk(2, 1)[1]),
     "cat": lambda conv: lambda x: cat_conv2d([x[:, :4], torch.ones_like(x[:, :4])], conv),
-    "max pool": lambda conv: lambda x: max_pool2d(x, 3, 1, 1),
-    "linear": lambda conv: partial(linear, layer=nn.Linear(7, 5, dtype=conv.weight.dtype, device=conv.weight.device)),
+    "max pool": lambda conv: lambda x: consume(max_pool2d, x, 3, 1, 1),
+    "linear": lambda conv: partial(consume, nn.Linear(7, 5, dtype=conv.weight.dtype, device=conv.weight.device)),
 }
 
 
@@ -69,15 +68,18 @@ def test_consumers_recompute_bit_for_bit(consumer, dtype, channels_last, device,
     if channels_last:
         y0 = y0.to(memory_format=torch.channels_last)
     conv = _conv(4 if consumer == "chunk view" else 8, dtype, device)
-    consume = CONSUMERS[consumer](conv)
-    out_kept, grad_kept, kept = _run(consume, y0, recompute=False)
+    fn = CONSUMERS[consumer](conv)
+    out_kept, grad_kept, kept = _run(fn, y0, recompute=False)
     weight_grad = conv.weight.grad.clone() if conv.weight.grad is not None else None
     conv.weight.grad = None
-    out, grad, saved = _run(consume, y0, recompute=True)
+    out, grad, saved = _run(fn, y0, recompute=True)
     assert torch.equal(out, out_kept) and torch.equal(grad, grad_kept)
     if weight_grad is not None:
         assert torch.equal(conv.weight.grad, weight_grad)
-    assert saved < kept
+    if consumer == "linear" and channels_last:  # its matmul keeps a contiguous copy, never the input
+        assert saved == kept
+    else:
+        assert saved < kept
 
 
 @pytest.mark.parametrize("act", ["prelu", "relu6", "gelu"])
@@ -91,15 +93,33 @@ def test_recompute_with_other_activations(act, pytorch_path):
 
 
 def test_matches_plain_conv_and_gradcheck(pytorch_path):
-    """conv2d is F.conv2d and linear F.linear: against them directly, and gradcheck through the
-    recompute (the weights' gradients too)."""
+    """consume(conv, x) is F.conv2d and consume(lin, x) F.linear: against them directly, and
+    gradcheck through the recompute (the weights' gradients too)."""
     conv = _conv(8, torch.float64)
     lin = nn.Linear(3, 5, dtype=torch.float64)
     y = torch.randn(2, 8, 4, 3, dtype=torch.float64, requires_grad=True)
-    torch.testing.assert_close(conv2d(_bn_act(y, True), conv), F.conv2d(_bn_act(y, False), conv.weight, padding=1))
-    torch.testing.assert_close(linear(_bn_act(y, True), lin), F.linear(_bn_act(y, False), lin.weight, lin.bias))
-    assert torch.autograd.gradcheck(lambda t, w: conv2d(_bn_act(t, True), conv), (y, conv.weight))
-    assert torch.autograd.gradcheck(lambda t, w, b: linear(_bn_act(t, True), lin), (y, lin.weight, lin.bias))
+    torch.testing.assert_close(consume(conv, _bn_act(y, True)), F.conv2d(_bn_act(y, False), conv.weight, padding=1))
+    torch.testing.assert_close(consume(lin, _bn_act(y, True)), F.linear(_bn_act(y, False), lin.weight, lin.bias))
+    assert torch.autograd.gradcheck(lambda t, w: consume(conv, _bn_act(t, True)), (y, conv.weight))
+    assert torch.autograd.gradcheck(lambda t, w, b: consume(lin, _bn_act(t, True)), (y, lin.weight, lin.bias))
+
+
+def test_double_backward_through_a_recomputed_input():
+    """Autograd gives an unpacked tensor its node back: a recomputed input's second derivative
+    flows through its own graph, as if it had been kept."""
+    torch.manual_seed(0)
+    conv = nn.Conv2d(2, 2, 3, padding=1, dtype=torch.float64)
+
+    def tanh_conv(y: torch.Tensor, recompute: bool) -> torch.Tensor:
+        x = torch.tanh(y)
+        if recompute:
+            tag(x, torch.tanh, (y,), ())
+        return consume(conv, x) ** 2
+
+    y = torch.randn(1, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda t: tanh_conv(t, True), (y,))
+    grads = [torch.autograd.grad(tanh_conv(y, r).sum(), y, create_graph=True)[0] for r in (True, False)]
+    assert torch.equal(*(torch.autograd.grad(g.sum(), y)[0] for g in grads))
 
 
 def test_tags_only_in_eager_training(pytorch_path):
@@ -110,19 +130,19 @@ def test_tags_only_in_eager_training(pytorch_path):
         assert recipe_of(_bn_act(y, True)) is None
     conv = _conv(4, torch.float32)
     with torch.no_grad():  # an untagged input: the module itself runs
-        torch.testing.assert_close(conv2d(y, conv), conv(y))
+        torch.testing.assert_close(consume(conv, y), conv(y))
 
 
 def test_changed_in_place_is_kept(pytorch_path):
     """An output changed in place after its tag is not what recomputing gives: kept as usual."""
     conv = _conv(8, torch.float64)
 
-    def consume(x: torch.Tensor) -> torch.Tensor:
-        return conv2d(x.mul_(2), conv)
+    def doubled(x: torch.Tensor) -> torch.Tensor:
+        return consume(conv, x.mul_(2))
 
     y0 = torch.randn(2, 8, 4, 4, dtype=torch.float64)
-    out, grad, saved = _run(consume, y0, recompute=True)
-    out_kept, grad_kept, kept = _run(consume, y0, recompute=False)
+    out, grad, saved = _run(doubled, y0, recompute=True)
+    out_kept, grad_kept, kept = _run(doubled, y0, recompute=False)
     assert torch.equal(out, out_kept) and torch.equal(grad, grad_kept) and saved == kept
 
 
@@ -143,12 +163,43 @@ def test_a_recipe_of_recipes_holds_only_what_is_kept_anyway(pytorch_path):
     assert torch.equal(restore(flat, plans)[0], expected)
 
 
-def test_padding_modes_other_than_zeros_keep_the_input(pytorch_path):
+def test_other_padding_modes_recompute_what_the_pad_keeps(pytorch_path):
+    """A reflect-padded conv: F.pad keeps the tagged input's recipe (the conv, the padded map)."""
     conv = _conv(8, torch.float64, padding_mode="reflect")
     y0 = torch.randn(2, 8, 4, 4, dtype=torch.float64)
     out, grad, saved = _run(CONSUMERS["conv"](conv), y0, recompute=True)
     out_kept, grad_kept, kept = _run(CONSUMERS["conv"](conv), y0, recompute=False)
-    assert torch.equal(out, out_kept) and torch.equal(grad, grad_kept) and saved == kept
+    assert torch.equal(out, out_kept) and torch.equal(grad, grad_kept) and kept - saved == y0.numel() * 8
+
+
+def test_hooks_compose_with_an_outer_pair(pytorch_path):
+    """Only the innermost saved-tensor hooks apply: consume's pass what they keep through the pair
+    active when entered, which so sees every tensor kept (the recipe's, not the BN+act output)
+    and unpacks each of its own packed objects once; the gradients are unchanged."""
+    conv = _conv(8, torch.float64)
+    y0 = torch.randn(2, 8, 4, 4, dtype=torch.float64)
+    packed, unpacked = [], []
+
+    def pack(t: torch.Tensor) -> tuple:
+        packed.append(t)
+        return ("outer", t.detach())  # a packed form of the outer pair's own
+
+    def unpack(box: tuple) -> torch.Tensor:
+        assert box[0] == "outer"
+        unpacked.append(box[1])
+        return box[1]
+
+    y = y0.clone().requires_grad_(True)
+    with torch.autograd.graph.saved_tensors_hooks(pack, unpack):
+        x = _bn_act(y, True)
+        n = len(packed)  # what BN+act saves itself
+        out = consume(conv, x)
+    own, by_conv = ({t.untyped_storage().data_ptr() for t in ts} for ts in (packed[:n], packed[n:]))
+    assert by_conv == own | {conv.weight.untyped_storage().data_ptr()}
+    assert x.untyped_storage().data_ptr() not in by_conv
+    out.backward(torch.linspace(-1, 1, out.numel(), dtype=out.dtype).view(out.shape))  # as _run
+    assert len(unpacked) == len(packed)
+    assert torch.equal(y.grad, _run(CONSUMERS["conv"](conv), y0, recompute=False)[1])
 
 
 # --- Ultralytics ---------------------------------------------------------------------------------

@@ -14,13 +14,18 @@ Ultralytics is never imported:
 - an HGBlock (PP-HGNetV2, RT-DETR's backbone) qualifies when its class uses Ultralytics'
   ``HGBlock.forward`` and its squeeze conv ``sc`` is a Conv block with a ``BatchNorm2d``. Its
   ``sc`` then convolves the concatenation of the block's input and its ``m`` outputs through
-  ``cat_conv2d``, which saves those tensors (saved already by the convs that read them) instead
+  ``cat_conv2d``, which keeps those tensors (saved already by the convs that read them) instead
   of the concatenation, and runs ``sc``'s BatchNorm+activation fused when ``act`` is supported;
 - a stride-1 ``nn.MaxPool2d`` (HGStem's, SPPF's) saves its input instead of int64 indices;
 - with ``recompute``, a ``RepConv`` (RT-DETR's RepC3) keeps neither its branches' sum nor its
   output: its activation and the next RepConv's convs recompute them; an ``HGStem`` keeps
   neither its padded maps nor its concatenation; and RT-DETR's decoder MLP heads and
   feed-forward layers (``forward_ffn``) recompute their activations' outputs in backward.
+
+Recomputing is ``rtdetr_fused.recompute``: a fused output is tagged with its recipe, and each op
+reading one runs through ``recompute.consume``, whose saved-tensor hooks keep the recipe instead.
+The hooks are entered around that op alone (PyTorch's own ``nn.Conv2d``, ``nn.Linear``, our max
+pool and activations), so only what it saves goes through them.
 """
 
 import sys
@@ -31,21 +36,20 @@ from torch import nn
 from torch.nn.modules.utils import _pair
 
 from ..bn_act import activation_spec, batch_norm_act_module
-from ..cat_conv import cat_conv2d, conv2d, plain_conv2d
-from ..linear import linear
+from ..cat_conv import cat_conv2d
 from ..max_pool import max_pool2d
 from ..modules import TORCH_NN
 from ..ops.activation import SPECS
-from ..ops.common import compiling, exporting
-from ..recompute import tag
+from ..ops.common import exporting
+from ..recompute import consume, eager_autograd, tag
 
 
 class _FusedForward:
     """A block's replacement ``forward``, reading the block's modules at each call (a later
     ``block.act = ...`` is seen). A class, not a closure, so it pickles. With ``recompute``, the
-    block's fused BatchNorm+activation outputs are recomputed in backward by the ops of ours that
-    read them, instead of kept (``rtdetr_fused.recompute``). ``method`` is the block's method it
-    replaces, as an instance attribute."""
+    block's fused BatchNorm+activation outputs are recomputed in backward by the ops that read
+    them through ``recompute.consume``, instead of kept (``rtdetr_fused.recompute``).
+    ``method`` is the block's method it replaces, as an instance attribute."""
 
     recompute = False  # what forwards pickled before the option unpickle with
     method = "forward"
@@ -63,18 +67,18 @@ class _FusedForward:
 
     def recomputing(self) -> bool:
         """Whether outputs get tagged now: with ``recompute``, in eager autograd only."""
-        return self.recompute and torch.is_grad_enabled() and not exporting() and not compiling()
+        return self.recompute and eager_autograd()
 
 
 class FusedConvForward(_FusedForward):
     """``act(bn(conv(x)))`` of a Conv block with BN and activation fused. With ``recompute`` the
-    conv keeps a recomputable input's recipe (``cat_conv.conv2d``), and blocks without an
+    conv keeps a tagged input's recipe (``recompute.consume``), and blocks without an
     activation (``nn.Identity``) get this forward too: their fused BatchNorm's output is
     recomputed like the others (without recompute, fusing it would save nothing)."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
-        y = conv2d(x, block.conv) if self.recompute else block.conv(x)
+        y = consume(block.conv, x) if self.recompute else block.conv(x)
         if _fuses(block.act, self.recompute):
             return batch_norm_act_module(block.bn, block.act, y, self.recompute)
         return block.act(block.bn(y))
@@ -113,7 +117,7 @@ class FusedRepConvForward(_FusedForward):
             branches.append(block.bn(x))
         total = _sum(*branches)
         tag(total, _sum, branches, ())
-        out = block.act(total)
+        out = consume(block.act, total)
         if out.untyped_storage().data_ptr() != total.untyped_storage().data_ptr():  # not in place
             tag(out, block.act, (total,), ())
         return out
@@ -164,8 +168,9 @@ def _padded(x: torch.Tensor) -> torch.Tensor:
 
 class FusedMLPForward(_FusedForward):
     """``MLP.forward`` (RT-DETR's query and box heads) for ``recompute`` only: each hidden
-    activation's output is tagged (``_tagged_act``) and read by ``rtdetr_fused.linear.linear``,
-    which keeps the activation's input instead. Otherwise the class's own forward."""
+    activation's output is tagged (``_tagged_act``) and read by the next ``nn.Linear`` through
+    ``recompute.consume``, which keeps the activation's input instead. Otherwise the class's own
+    forward."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mlp = self.block
@@ -173,7 +178,7 @@ class FusedMLPForward(_FusedForward):
             return self.original(x)
         orig_x = x
         for i, layer in enumerate(mlp.layers):
-            x = linear(x, layer)
+            x = consume(layer, x)
             if i < mlp.num_layers - 1:
                 x = _tagged_act(mlp.act, x)
         if getattr(mlp, "residual", False):
@@ -193,7 +198,7 @@ class FusedFFNForward(_FusedForward):
         layer = self.block
         if not self.recomputing():
             return self.original(tgt)
-        tgt2 = linear(layer.dropout3(_tagged_act(layer.act, layer.linear1(tgt))), layer.linear2)
+        tgt2 = consume(layer.linear2, layer.dropout3(_tagged_act(layer.act, layer.linear1(tgt))))
         return layer.norm3(tgt + layer.dropout4(tgt2))
 
 
@@ -218,15 +223,16 @@ def _tagged_act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
 class MaxPoolForward(_FusedForward):
     """A stride-1 ``nn.MaxPool2d`` whose backward keeps its input rather than int64 argmax
     indices (``rtdetr_fused.max_pool``): a quarter of the bytes in bfloat16, none where the
-    input is saved anyway. With ``recompute`` its output is tagged (``F.max_pool2d`` of its
-    input). Without autograd or under export, the class's own forward."""
+    input is saved anyway. With ``recompute`` a tagged input is kept as its recipe
+    (``recompute.consume``) and its output is tagged (``F.max_pool2d`` of its input). Without
+    autograd or under export, the class's own forward."""
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         pool = self.block
         if not (torch.is_grad_enabled() and x.requires_grad) or exporting():
             return self.original(x)
         args = (pool.kernel_size, pool.stride, pool.padding, pool.dilation, pool.ceil_mode)
-        out = max_pool2d(x, *args)
+        out = consume(max_pool2d, x, *args) if self.recompute else max_pool2d(x, *args)
         if self.recomputing():
             tag(out, F.max_pool2d, (x,), args)
         return out
@@ -247,9 +253,8 @@ def _rep_conv(module: nn.Module) -> bool:
 
 def _over_cat(module: nn.Module, cls: str, child: str) -> bool:
     """A ``cls`` of Ultralytics' blocks whose Conv block ``child`` (HGBlock's ``sc``, HGStem's
-    ``stem3``) reads a concatenation that ``cat_conv2d`` can run."""
-    inner = getattr(module, child, None)
-    return type(module).forward is _ultralytics("block", cls) and _conv_block(inner) and plain_conv2d(inner.conv)
+    ``stem3``) reads a concatenation."""
+    return type(module).forward is _ultralytics("block", cls) and _conv_block(getattr(module, child, None))
 
 
 def _mlp(module: nn.Module) -> bool:

@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from ..recompute import save_for_backward, saved_tensors
 from . import policy
 from .common import check_float, compiling, dense, exporting, is_dense, like, on_kernels, with_strides
 
@@ -141,8 +140,7 @@ def _act_backward_fake(saved: torch.Tensor, grad: torch.Tensor, name: str, alpha
 def _setup_context(ctx, inputs, output) -> None:
     x, name, alpha = inputs
     ctx.name, ctx.alpha = name, alpha
-    # A tagged input (RepConv's sum under fuse_bn="recompute") is kept as its recipe.
-    save_for_backward(ctx, output if SPECS[name].saves_output(alpha) else x)
+    ctx.save_for_backward(output if SPECS[name].saves_output(alpha) else x)
 
 
 class Act(torch.autograd.Function):
@@ -159,12 +157,12 @@ class Act(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (saved,) = saved_tensors(ctx)
+        (saved,) = ctx.saved_tensors
         return _act_backward(saved, grad, ctx.name, ctx.alpha), None, None
 
 
 def _compiled_backward(ctx, grad: torch.Tensor):
-    (saved,) = saved_tensors(ctx)
+    (saved,) = ctx.saved_tensors
     return act_backward(saved, grad, ctx.name, ctx.alpha), None, None
 
 
@@ -315,13 +313,13 @@ class InplaceAct(torch.autograd.Function):
         saved = None if keep_output else x.clone()
         _inplace(x, name, alpha)
         ctx.mark_dirty(x)
-        save_for_backward(ctx, x if keep_output else saved)  # x changed in place: no recipe holds
+        ctx.save_for_backward(x if keep_output else saved)
         ctx.name, ctx.alpha = name, alpha
         return x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        (saved,) = saved_tensors(ctx)
+        (saved,) = ctx.saved_tensors
         backward = act_backward if compiling() else _act_backward
         return backward(saved, grad, ctx.name, ctx.alpha), None, None
 

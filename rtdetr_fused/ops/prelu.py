@@ -11,7 +11,6 @@ import functools
 import torch
 
 from ..kernels import accumulate_dtype
-from ..recompute import save_for_backward, saved_tensors
 from .common import check_float, check_same_device, compiling, dense, device_programs, exporting, like, on_kernels
 
 
@@ -97,7 +96,7 @@ def _prelu_backward_fake(
 
 
 def _setup_context(ctx, inputs, output) -> None:
-    save_for_backward(ctx, *inputs)  # a tagged input (RepConv's sum under fuse_bn="recompute"): its recipe
+    ctx.save_for_backward(*inputs)
 
 
 class PReLU(torch.autograd.Function):
@@ -110,12 +109,12 @@ class PReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        x, weight = saved_tensors(ctx)
+        x, weight = ctx.saved_tensors
         return _prelu_backward(x, weight, grad)
 
 
 def _compiled_backward(ctx, grad: torch.Tensor):
-    x, weight = saved_tensors(ctx)
+    x, weight = ctx.saved_tensors
     return prelu_backward(x, weight, grad)
 
 
