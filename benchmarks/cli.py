@@ -12,9 +12,10 @@ from rich.console import Console
 
 from .core import Context, Results, describe, make_progress
 from .env import environment
+from .host import run_host
 from .measure import copy_bandwidth
 from .memory import run_blocks, run_model
-from .micro import run_bn_act, run_micro, run_overhead, run_scaling
+from .micro import run_bn_act, run_micro, run_scaling
 from .plan import (
     ALL_ACTIVATIONS,
     ALL_DTYPES,
@@ -36,7 +37,7 @@ from .training import run_training
 # Cheap sections first, so a --time-budget cuts the long grid rather than whole sections;
 # the fused BN+act figures (blocks, bn_act, training) before the activations' sweep.
 RUNNERS: dict[str, Callable[[Context], None]] = {
-    "overhead": run_overhead,
+    "host": run_host,
     "model": run_model,
     "blocks": run_blocks,
     "bn_act": run_bn_act,
@@ -49,11 +50,13 @@ assert set(RUNNERS) == set(SECTIONS)
 DESCRIPTION = """\
 Benchmark rtdetr_fused's activations against eager torch.nn, the article's composed formulas
 and torch.compile: time per pass, effective bandwidth as a share of a copy roofline measured
-in the same run, bytes saved for backward and peak memory, a size sweep, the host cost of a
-call, Conv-BN-act blocks, RT-DETR-l's saved activations and training steps.
+in the same run, bytes saved for backward and peak memory, a size sweep, the host's cost of a
+forward+backward (ours against torch.nn, side by side), Conv-BN-act blocks, RT-DETR-l's saved
+activations and training steps.
 
-Without a GPU it runs what the CPU shows honestly (saved bytes, and our CPU path against
-eager on the CPU, labelled CPU); GPU timings need a GPU."""
+Without a GPU it runs what the CPU shows honestly (saved bytes, our CPU path against eager on
+the CPU, and the host's cost of our kernels' route with Triton's launches stubbed, labelled
+CPU); GPU timings need a GPU."""
 
 EPILOG = """\
 lists are comma-separated. sections: {sections}
@@ -204,7 +207,7 @@ def measure(plan: Plan, device: torch.device, argv: list[str]) -> Results:
         if plan.timer == "cudagraph":
             results.notes.append(
                 "--timer cudagraph: micro, blocks and bn_act times are CUDA-graph replays, the device's time "
-                "alone; the host's cost per call is in the overhead and scaling sections."
+                "alone; the host's cost per call is in the host and scaling sections."
             )
         start = perf_counter()
         with make_progress() as progress:

@@ -15,8 +15,16 @@ from .providers import OURS
 UNITS: dict[str, str] = {
     "numel": "elements",
     "time_ms": "milliseconds per call, median of the timed calls, warm-up excluded",
-    "time_us": "microseconds per call, host wall clock, median of repeats",
-    "overhead_us": "microseconds per call more than torch.nn's module (host wall clock)",
+    "ours_us": "microseconds per forward+backward of ours, median of interleaved rounds (wall clock on a GPU, "
+    "the thread's CPU time on the CPU)",
+    "torch_us": "microseconds per forward+backward of torch.nn's, timed in the same rounds as ours_us",
+    "ratio_x": "times: median over the rounds of ours / torch.nn, each round's two batches timed next to each "
+    "other (below 1: ours costs the host less)",
+    "target_x": "times: the largest ratio_x the target allows",
+    "ours_calls": "Python function calls per forward+backward of ours (sys.setprofile 'call' events)",
+    "torch_calls": "Python function calls per forward+backward of torch.nn's",
+    "ours_launches": "kernel launches per forward+backward of ours (see launches_by)",
+    "torch_launches": "kernel launches per forward+backward of torch.nn's (GPU only, see launches_by)",
     "moved_bytes": "bytes the pass must read and write at the least (see METHOD.md)",
     "bandwidth_GBps": "GB/s (1e9 bytes per second): moved_bytes / time",
     "roofline_pct": "percent of the copy bandwidth measured in the same run (copy_GBps)",
@@ -47,7 +55,10 @@ UNITS: dict[str, str] = {
 
 _COMMON = ("device", "status", "error")
 ROW_FIELDS: dict[str, tuple[str, ...]] = {
-    "overhead": ("activation", "provider", "call", "shape", "time_us", "overhead_us"),
+    "host": (
+        "kind", "activation", "variant", "policy", "shape", "ours_us", "torch_us", "ratio_x", "target_x", "met",
+        "ours_calls", "torch_calls", "ours_launches", "torch_launches", "launches_by",
+    ),
     "micro": (
         "activation", "provider", "dtype", "pass", "shape", "layout", "numel",
         "time_ms", "moved_bytes", "bandwidth_GBps", "roofline_pct", "speedup_x",

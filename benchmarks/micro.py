@@ -1,5 +1,5 @@
-"""Per-op sections: host cost of one call, the micro grid (time, bandwidth, roofline, memory
-for every provider) and the size sweep against eager."""
+"""Per-op sections: the micro grid (time, bandwidth, roofline, memory for every provider),
+BatchNorm2d + activation, and the size sweep against eager."""
 
 import itertools
 from collections.abc import Callable
@@ -14,7 +14,6 @@ from .plan import DTYPES, ShapeCase, parse_shapes
 from .providers import ACTIVATION_TABLE, OURS, PROVIDERS, moved_bytes
 
 Pool = list[tuple[torch.Tensor, torch.Tensor]]
-OVERHEAD_MS = 50.0  # warm-up, then timed calls, per host-cost measurement
 
 
 def _pool(case: ShapeCase, dtype: torch.dtype, device: torch.device, seed: int) -> Pool:
@@ -230,38 +229,3 @@ def run_scaling(ctx: Context) -> None:
                 release(ctx.device)
             advance()
     fill_speedups(ctx.results.sections["scaling"].rows, ("activation", "size_bytes"), "time_ms")
-
-
-def run_overhead(ctx: Context) -> None:
-    """Host cost of one call on a tiny tensor, ours against torch.nn: the custom op's
-    dispatch (torch.library, autograd wrapper) that small feature maps pay on every call."""
-    shape = ctx.plan.overhead_shape
-    work = list(itertools.product(ctx.plan.activations, (OURS, "eager"), ("forward", "forward+backward")))
-    with ctx.task("overhead: host cost per call", len(work)) as advance:
-        for activation, provider, call in work:
-            base = dict(activation=activation, provider=provider, call=call, shape="x".join(map(str, shape)))
-            try:
-                module = PROVIDERS[provider].build(ACTIVATION_TABLE[activation], shape[1]).to(ctx.device)
-                ms = back_to_back_ms(_tiny_call(call, module, shape, ctx.device), ctx.device, OVERHEAD_MS, OVERHEAD_MS)
-                ctx.add("overhead", **base, time_us=ms * 1e3)
-            except Exception as e:
-                ctx.add("overhead", **base, status="error", error=describe(e))
-            advance()
-    rows = ctx.results.sections["overhead"].rows
-    eager = {(r["activation"], r["call"]): r["time_us"] for r in rows if r["provider"] == "eager"}
-    for r in rows:
-        base_us = eager.get((r["activation"], r["call"]))
-        r["overhead_us"] = r["time_us"] - base_us if r["time_us"] is not None and base_us is not None else None
-
-
-def _tiny_call(call: str, module: nn.Module, shape: tuple[int, ...], device: torch.device) -> Callable[[], object]:
-    x = torch.randn(shape, device=device)
-    if call == "forward":
-
-        def forward() -> torch.Tensor:
-            with torch.no_grad():
-                return module(x)
-
-        return forward
-    xg, g, params = x.clone().requires_grad_(), torch.randn_like(x), list(module.parameters())
-    return lambda: torch.autograd.grad(module(xg), (xg, *params), g)

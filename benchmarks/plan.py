@@ -19,7 +19,7 @@ DTYPE_ALIASES = {"fp32": "float32", "fp16": "float16", "half": "float16", "bf16"
 PASS_ALIASES = {"fwd": "forward", "bwd": "backward", "fwd+bwd": "forward+backward", "fwdbwd": "forward+backward"}
 LAYOUTS = ("nchw", "channels_last")
 TIMERS = ("events", "cudagraph")
-SECTIONS = ("overhead", "micro", "scaling", "blocks", "bn_act", "model", "training")
+SECTIONS = ("host", "micro", "scaling", "blocks", "bn_act", "model", "training")
 MODELS = ("rtdetr-l", "yolo11n")
 # Feature maps of an RT-DETR-l training step at batch 16, 640x640.
 RTDETR_MAPS = ("16x128x160x160", "16x256x80x80", "16x512x80x80", "16x1024x40x40", "16x256x20x20")
@@ -95,7 +95,8 @@ class Plan:
     rep_ms: float
     scaling_sizes: tuple[int, ...]
     scaling_dtype: str
-    overhead_shape: tuple[int, ...]
+    host_shape: tuple[int, ...]
+    host_rounds: int
     block_shape: tuple[int, ...]
     block_dtype: str
     bn_act_shapes: tuple[str, ...]
@@ -127,7 +128,8 @@ ALL_ACTIVATIONS = tuple(ACTIVATION_TABLE)
 _COMMON = dict(
     activations=ALL_ACTIVATIONS,
     passes=PASSES,
-    overhead_shape=(1, 16, 8, 8),
+    host_shape=(1, 16, 8, 8),
+    host_rounds=15,
     # RT-DETR-l's training size: below it the decoder's 300 queries, a fixed cost per image,
     # outweigh the convolutions (at 64x64 it runs 84 queries and holds 70% of the bytes).
     model_input=(1, 3, 640, 640),
@@ -195,6 +197,7 @@ DEFAULTS: dict[tuple[str, bool], dict] = {
         bn_act_layouts=("nchw",),
         warmup_ms=5.0,
         rep_ms=25.0,
+        host_rounds=9,
         precisions=("bfloat16",),
         train_activations=("silu", "relu", "mish"),
         train_warmup=3,
@@ -208,6 +211,7 @@ DEFAULTS: dict[tuple[str, bool], dict] = {
         layouts=("nchw",),
         warmup_ms=2.0,
         rep_ms=10.0,
+        host_rounds=9,
         scaling_sizes=_powers_of_4(64 * 1024, 1 * MiB),
         block_shape=(2, 32, 20, 20),
         bn_act_shapes=("2x32x20x20",),

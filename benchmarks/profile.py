@@ -1,29 +1,29 @@
 """Where the time of ours goes, for an activation and for BatchNorm2d + activation (SiLU):
 
-- host: microseconds per forward+backward of two small maps (``HOST_MAPS``: BN+act's two
-  reductions), back to back, ours against torch.nn (when the host is slower than the kernels,
-  as on small maps, this is the step's cost);
+- host: microseconds, Python calls and launches per forward+backward of two small maps
+  (``HOST_MAPS``: BN+act's two reductions), ours against torch.nn side by side
+  (``benchmarks.host``; when the host is slower than the kernels, as on small maps, this is
+  the step's cost);
 - the Python functions behind ours (cProfile, by own time);
 - device: the kernels of one forward+backward on RT-DETR-l's maps (torch.profiler), ours
   against torch.nn, in bfloat16 under autocast as in training;
 - BN+act's two reductions forced in turn on maps around ``CHANNEL_PROGRAM_MAX`` (GPU only):
   device time (CUDA graph) and back-to-back wall time, the data to place that threshold;
-- a YOLO11n forward+backward on a 64x64 image (the host's time on any machine) with torch.nn,
-  ``fuse_bn=True`` and ``fuse_bn="recompute"``, then again with our BatchNorm+activation ops
-  stubbed (outputs allocated, nothing computed): what is left is Python, autograd and the
-  model's other ops, so the difference is what our BN+act costs, launches included.
+- a YOLO11n forward+backward on a 64x64 image with torch.nn, ``fuse_bn=True`` and
+  ``fuse_bn="recompute"``, float32, side by side (``benchmarks.host``'s model rows).
 
-``python -m benchmarks.profile [--out FILE]``; ``make gpu-check`` writes profile.txt. Without
-a GPU it profiles the CPU path (PyTorch's ops behind ours) and says so.
+Without a GPU the host parts and the Python functions run our kernels' route with Triton's
+launches stubbed (``rtdetr_fused.testing.stub_launches``: the host's work of a GPU run without
+its kernels; needs ``TRITON_INTERPRET`` unset), and the kernels part profiles the CPU path
+(PyTorch's ops behind ours). ``python -m benchmarks.profile [--out FILE]``; ``make gpu-check``
+writes profile.txt.
 """
 
 import argparse
-import contextlib
-import copy
 import cProfile
 import io
 import pstats
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -32,10 +32,11 @@ from torch import nn
 from rtdetr_fused import SiLU
 from rtdetr_fused.bn_act import BatchNormAct2d
 
-from . import models
+from . import host
 from .core import Unavailable
 from .measure import back_to_back_ms, bench_ms, sync
 from .memory import Autocast
+from .report import host_label
 
 CASES: dict[str, dict[str, Callable[[int], nn.Module]]] = {
     "silu": {"ours": lambda c: SiLU(), "torch.nn": lambda c: nn.SiLU()},
@@ -47,7 +48,6 @@ CASES: dict[str, dict[str, Callable[[int], nn.Module]]] = {
 GPU_MAPS = ((16, 128, 160, 160), (16, 256, 80, 80), (16, 256, 20, 20))
 PATH_MAPS = ((16, 512, 20, 20), (16, 256, 40, 40), (16, 128, 80, 80))
 """6400, 25600 and 102400 elements per channel: RT-DETR-l's and YOLO11n's maps at batch 16."""
-STEP_INPUT = (1, 3, 64, 64)
 HOST_MAPS = ((1, 16, 8, 8), (1, 16, 160, 160))
 """Small maps, so the host's time shows: BN+act runs one program per channel on the first and
 the split reduction on the second (25600 elements per channel, above CHANNEL_PROGRAM_MAX)."""
@@ -61,33 +61,59 @@ def _step(module: nn.Module, shape: tuple[int, ...], dtype: torch.dtype, device:
     return lambda: torch.autograd.grad(module(x), grads, g)
 
 
-def host(device: torch.device, out: list[str]) -> None:
-    out.append("## Host: microseconds per forward+backward of a small float32 map, back to back\n")
+def _route_note(device: torch.device) -> str:
+    return "" if device.type == "cuda" else ", CPU, launches stubbed"
+
+
+def _host_table(device: torch.device, groups: list[host.Group], rounds: int, batch_ms: float) -> list[str]:
+    """A markdown table of ``benchmarks.host`` rows for ``groups``."""
+    lines = [
+        "| case | map | ours us | torch.nn us | ours / torch.nn | Python calls ours / torch.nn | launches ours / "
+        "torch.nn |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    with host.kernels_route(device) as launches:
+        for group in groups:
+            for r in host.measure_group(group, device, launches, rounds, batch_ms, batch_ms):
+                torch_launches = "-" if r["torch_launches"] is None else r["torch_launches"]
+                lines.append(
+                    f"| {host_label(r)} | {r['shape']} | {r['ours_us']:,.1f} | {r['torch_us']:,.1f} | "
+                    f"{r['ratio_x']:.2f}x | {r['ours_calls']} / {r['torch_calls']} | "
+                    f"{r['ours_launches']} / {torch_launches} |"
+                )
+    return lines
+
+
+def host_cost(device: torch.device, out: list[str]) -> None:
+    out.append(f"## Host: per forward+backward of a small float32 map, side by side{_route_note(device)}\n")
+    groups = []
     for shape in HOST_MAPS:
-        for case, providers in CASES.items():
-            times = {}
-            for provider, build in providers.items():
-                step = _step(build(shape[1]).to(device).train(), shape, torch.float32, device)
-                times[provider] = back_to_back_ms(step, device, 50.0, 200.0) * 1e3
-            line = ", ".join(f"{p} {t:.1f} us" for p, t in times.items())
-            size = "x".join(map(str, shape))
-            out.append(f"- {case}, {size}: {line}; ours costs {times['ours'] - times['torch.nn']:+.1f} us")
+        groups += [host.activation_group("silu", shape), host.bn_act_group("silu", shape, training=True)]
+    out += _host_table(device, groups, rounds=15, batch_ms=10.0)
+    if device.type != "cuda":
+        out.append(
+            "\nOn the CPU torch.nn's ops compute while ours only record: at 1x16x160x160 the ratio is not the host's."
+        )
     out.append("")
 
 
 def python_functions(device: torch.device, out: list[str], calls: int = 300) -> None:
-    for case, providers in CASES.items():
-        step = _step(providers["ours"](16).to(device).train(), (1, 16, 8, 8), torch.float32, device)
-        step()
-        profiler = cProfile.Profile()
-        profiler.enable()
-        for _ in range(calls):
+    with host.kernels_route(device), host.policy(native=False):
+        for case, providers in CASES.items():
+            step = _step(providers["ours"](16).to(device).train(), (1, 16, 8, 8), torch.float32, device)
             step()
-        profiler.disable()
-        text = io.StringIO()
-        pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
-        out += [f"## Python functions of ours, {case}, {calls} forward+backward calls (cProfile)\n", "```"]
-        out += [line for line in text.getvalue().splitlines() if line.strip()][3:] + ["```", ""]
+            profiler = cProfile.Profile()
+            profiler.enable()
+            for _ in range(calls):
+                step()
+            profiler.disable()
+            text = io.StringIO()
+            pstats.Stats(profiler, stream=text).sort_stats("tottime").print_stats(18)
+            title = (
+                f"## Python functions of ours, {case}, {calls} forward+backward calls (cProfile{_route_note(device)})"
+            )
+            out += [f"{title}\n", "```"]
+            out += [line for line in text.getvalue().splitlines() if line.strip()][3:] + ["```", ""]
 
 
 def kernels(device: torch.device, out: list[str], maps: tuple[tuple[int, ...], ...]) -> None:
@@ -138,61 +164,14 @@ def reduction_paths(device: torch.device, out: list[str]) -> None:
     out.append("")
 
 
-@contextlib.contextmanager
-def _bn_act_stubbed() -> Iterator[None]:
-    """Our BatchNorm+activation ops allocate their outputs and compute nothing."""
-    from rtdetr_fused.ops import bn_act as ops
-
-    def train(x, *args):
-        stats = [torch.empty(x.shape[1], device=x.device) for _ in range(2)]
-        return torch.empty_like(x), *stats
-
-    def forward(x, *args):
-        return torch.empty_like(x)
-
-    def backward(x, grad, mean, invstd, weight, bias, act_weight, *args):
-        grad_a = torch.empty_like(act_weight) if act_weight is not None else weight.new_empty(0)
-        return torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias), grad_a
-
-    routed = {ops.BN_ACT_TRAIN: train, ops.BN_ACT: forward, ops.BN_ACT_BACKWARD: backward}
-    saved = {r: (r._cuda, r._cpu) for r in routed}
-    try:
-        for r, stub in routed.items():
-            r._cuda = r._cpu = stub
-        yield
-    finally:
-        for r, (cuda, cpu) in saved.items():
-            r._cuda, r._cpu = cuda, cpu
-
-
 def step_host(device: torch.device, out: list[str]) -> None:
-    size = "x".join(map(str, STEP_INPUT))
-    out.append(f"## YOLO11n forward+backward on {size}, milliseconds per step back to back\n")
+    size = "x".join(map(str, host.MODEL_INPUT))
+    out.append(f"## YOLO11n forward+backward on {size}, side by side{_route_note(device)}\n")
     try:
-        base, replace = models.build("yolo11n"), models.replacer()
+        group = host.model_group()
+        out += [*_host_table(device, [group], rounds=9, batch_ms=100.0), ""]
     except Unavailable as e:
         out += [f"Skipped: {e}", ""]
-        return
-    x = torch.randn(STEP_INPUT, device=device)
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32  # as in training
-    out += ["| model | as is | our BN+act stubbed |", "| --- | ---: | ---: |"]
-    for name, fuse_bn in (("torch.nn", None), ("fuse_bn", True), ("recompute", "recompute")):
-        model = copy.deepcopy(base)
-        if fuse_bn is not None:
-            replace(model, "silu", targets="all", fuse_bn=fuse_bn)
-        model = Autocast(model, dtype).to(device).train()
-
-        def step(model: nn.Module = model) -> None:
-            outputs = model(x)
-            sum(t.float().sum() for t in outputs.values() if isinstance(t, torch.Tensor)).backward()
-
-        times = [back_to_back_ms(step, device, 100.0, 500.0)]
-        if fuse_bn is not None:
-            with _bn_act_stubbed():
-                times.append(back_to_back_ms(step, device, 100.0, 500.0))
-        cells = " | ".join(f"{t:.2f}" for t in times) + (" | -" if fuse_bn is None else "")
-        out.append(f"| {name} | {cells} |")
-    out.append("")
 
 
 def _table(prof: torch.profiler.profile) -> str:
@@ -212,9 +191,13 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     out = [f"# Profile of ours on {torch.cuda.get_device_name() if device.type == 'cuda' else 'the CPU'}", ""]
     if device.type == "cpu":
-        out += ["No GPU: the CPU path (PyTorch's ops behind ours) is profiled; kernel times need a GPU.", ""]
+        out += [
+            "No GPU: the host parts run our kernels' route with Triton's launches stubbed; the kernels part "
+            "profiles the CPU path (PyTorch's ops behind ours); kernel times need a GPU.",
+            "",
+        ]
     maps = GPU_MAPS if device.type == "cuda" else CPU_MAPS
-    for part in (host, python_functions, lambda d, o: kernels(d, o, maps), reduction_paths, step_host):
+    for part in (host_cost, python_functions, lambda d, o: kernels(d, o, maps), reduction_paths, step_host):
         try:
             part(device, out)
         except Exception as e:  # one part failing must not cost the others

@@ -196,25 +196,53 @@ def model_table(results: Results, label: str) -> Table | None:
     return Table(title, headers, table)
 
 
-def overhead_table(results: Results, label: str) -> Table | None:
-    rows = ok(results, "overhead")
+def host_label(row: dict) -> str:
+    """What a host row compares, in words."""
+    variant = "" if row["variant"] in (None, "-") else f" {row['variant']}"
+    return {
+        "activation": f"{row['activation']}{variant}",
+        "bn_act": f"BatchNormAct2d {row['activation']}{variant}",
+        "block": f"Conv-BN-SiLU block{variant}",
+        "model": f"YOLO11n{variant}",
+    }.get(row["kind"], f"{row['kind']}{variant}")
+
+
+def host_stubbed(results: Results) -> str:
+    return ", launches stubbed" if results.meta.get("host", {}).get("launches") == "launches stubbed" else ""
+
+
+def host_table(results: Results, label: str) -> Table | None:
+    rows = results.rows("host")
     if not rows:
         return None
-    calls = ordered({r["call"] for r in rows}, ["forward", "forward+backward"])
-    headers = ["activation"] + [f"{c}: {h}" for c in calls for h in ("torch.nn us", "ours us", "extra us")]
+    headers = ["compares", "policy", "us ours / torch.nn", "ours / torch.nn", "target: met", "Python calls", "launches"]
     table = []
-    for act in ordered({r["activation"] for r in rows}, results.meta["plan"]["activations"]):
-        line = [act]
-        for call in calls:
-            by = {r["provider"]: r for r in rows if r["activation"] == act and r["call"] == call}
-            eager, ours = by.get("eager"), by.get(OURS)
-            line += [
-                fnum(eager and eager["time_us"]),
-                fnum(ours and ours["time_us"]),
-                fnum(ours and ours["overhead_us"]),
+    for r in rows:
+        if r["status"] != "ok":
+            table.append([host_label(r), r["policy"] or "-", f"{r['status']}: {r['error']}", *["-"] * 4])
+            continue
+        target = "-" if r["target_x"] is None else f"<= {r['target_x']:.2f}x: {'yes' if r['met'] else 'NO'}"
+        torch_launches = "-" if r["torch_launches"] is None else r["torch_launches"]
+        table.append(
+            [
+                host_label(r),
+                r["policy"],
+                f"{fnum(r['ours_us'])} / {fnum(r['torch_us'])}",
+                fx(r["ratio_x"]),
+                target,
+                f"{r['ours_calls']} / {r['torch_calls']}",
+                f"{r['ours_launches']} / {torch_launches}",
             ]
-        table.append(line)
-    return Table(f"{label}: host cost of one call on a {rows[0]['shape']} tensor (microseconds)", headers, table)
+        )
+    shapes = " (YOLO11n: " + ", ".join(sorted({r["shape"] for r in rows if r["kind"] == "model"})) + ")"
+    maps = sorted({r["shape"] for r in rows if r["kind"] != "model"})
+    title = (
+        f"{label}{host_stubbed(results)}: host cost per forward+backward on {', '.join(maps)} float32 maps"
+        f"{shapes if any(r['kind'] == 'model' for r in rows) else ''}, ours against torch.nn timed side by side "
+        f"(median of {results.meta.get('host', {}).get('rounds', '?')} interleaved rounds; policy off: our "
+        "kernels' route, on: the policy's default; Python calls and launches ours / torch.nn)"
+    )
+    return Table(title, headers, table)
 
 
 def scaling_table(results: Results, label: str) -> Table | None:
@@ -278,8 +306,8 @@ def tables(results: Results) -> list[Table]:
         memory_table,
         blocks_table,
         bn_act_table,
+        host_table,
         model_table,
-        overhead_table,
         scaling_table,
         training_table,
     )
@@ -305,8 +333,9 @@ def findings(results: Results) -> list[str]:
         out.append(
             "CPU figures: without a GPU our ops run PyTorch's own kernels behind the custom op, so 'ours vs eager' "
             "here measures dispatch overhead only, and no roofline share is given (these tensors sit in the CPU's "
-            "caches, so a memory copy is no ceiling for them). GPU timings need a GPU (make gpu-check, or "
-            "python -m benchmarks on a CUDA machine)."
+            "caches, so a memory copy is no ceiling for them); the host section runs our kernels' route instead, "
+            "with Triton's launches stubbed. GPU timings need a GPU (make gpu-check, or python -m benchmarks on a "
+            "CUDA machine)."
         )
     rows = [r for r in ok(results, "micro", provider="eager") if r["pass"] == "forward+backward"]
     smallest = smallest_map(rows)
@@ -328,12 +357,19 @@ def findings(results: Results) -> list[str]:
             f"{label}: size sweep (forward+backward timed back to back, host cost included, up to {largest}): "
             f"ours is slower than eager at sizes up to {listed}."
         )
-    over = ok(results, "overhead", provider=OURS, call="forward")
-    extra = sorted(r["overhead_us"] for r in over if r["overhead_us"] is not None)
-    if extra:
+    host = [r for r in ok(results, "host") if r["met"] is not None]
+    if host:
+        missed = ", ".join(
+            f"{host_label(r)} {fx(r['ratio_x'])} (target {fx(r['target_x'])})" for r in host if not r["met"]
+        )
+        figures = results.meta["host"]["policy"]
         out.append(
-            f"{label}: one forward call of ours costs {extra[len(extra) // 2]:+.1f} us more on the host than torch.nn "
-            "(median over activations): the custom op's dispatch."
+            f"{label}{host_stubbed(results)}: host cost per forward+backward against torch.nn, "
+            f"{sum(r['met'] for r in host)} of {len(host)} targets met"
+            + (f"; missed: {missed}." if missed else ".")
+            + f" The policy runs PyTorch's op for SiLU, Hardswish, ReLU and GELU maps below "
+            f"{figures['native_below_bytes'] / 1e6:,.0f} MB (host {figures['host_us']:g} us per forward+backward "
+            f"assumed)."
         )
     bn_act = [r for r in ok(results, "bn_act") if r["pass"] == "forward+backward" and r["provider"] != OURS]
     for provider in ordered({r["provider"] for r in bn_act}, ["eager", "compile"]):
