@@ -593,7 +593,8 @@ def train_forward(
         mean, invstd = statistics(x, running_mean, running_var, momentum, eps, programs)
         forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha)
     else:
-        mean, invstd = (torch.empty(x.shape[1], dtype=accumulate_dtype(x), device=x.device) for _ in range(2))
+        c, acc = x.shape[1], accumulate_dtype(x)
+        mean, invstd = torch.empty(c, dtype=acc, device=x.device), torch.empty(c, dtype=acc, device=x.device)
         forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha, (running_mean, running_var, momentum, eps))
     return mean, invstd
 

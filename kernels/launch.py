@@ -82,8 +82,9 @@ def _key(kernel: JITFunction, device: int, specialization: list, positional: int
 
 
 def specialization(kernel: JITFunction, *args, **constexprs) -> tuple:
-    """Triton's specialization of these arguments on the current device: what ``launch`` keys
-    compiled kernels by (after the kernel's first launch there)."""
+    """Triton's specialization of these arguments on the current device (after the kernel's first
+    launch there): ``launch``'s cache key holds it for the positional arguments, and the
+    constexprs' values."""
     device = driver.active.get_current_device()
     return tuple(kernel.device_caches[device][4](*args, **constexprs)[1])
 

@@ -133,20 +133,16 @@ def _mask_backward_kernel(m_ptr, g_ptr, dx_ptr, n, ALPHA: tl.constexpr, BLOCK: t
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=offs < n)
 
 
-def _grid(n: int, block: int) -> tuple[int]:
-    return (cdiv(n, block),)
-
-
 def forward(x: torch.Tensor, out: torch.Tensor, name: str, alpha: float) -> None:
     """out = act(x); both dense with the same strides (``out`` may be ``x``)."""
     n, block = x.numel(), BYTES_PER_PROGRAM // x.itemsize
-    launch(_forward_kernel, _grid(n, block), x, out, n, FN=FORMULAS[name][0], ALPHA=alpha, BLOCK=block)
+    launch(_forward_kernel, (cdiv(n, block),), x, out, n, FN=FORMULAS[name][0], ALPHA=alpha, BLOCK=block)
 
 
 def backward(saved: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, name: str, alpha: float) -> None:
     """out = d act / dx * grad; all three dense with the same strides."""
     n, block = saved.numel(), BYTES_PER_PROGRAM // saved.itemsize
-    launch(_backward_kernel, _grid(n, block), saved, grad, out, n, FN=FORMULAS[name][1], ALPHA=alpha, BLOCK=block)
+    launch(_backward_kernel, (cdiv(n, block),), saved, grad, out, n, FN=FORMULAS[name][1], ALPHA=alpha, BLOCK=block)
 
 
 def mask_forward(x: torch.Tensor, out: torch.Tensor, bits: torch.Tensor, name: str, alpha: float, from_output: bool):
@@ -154,7 +150,7 @@ def mask_forward(x: torch.Tensor, out: torch.Tensor, bits: torch.Tensor, name: s
     n, block = x.numel(), BYTES_PER_PROGRAM // x.itemsize
     fwd, bwd = FORMULAS[name]
     launch(
-        _mask_forward_kernel, _grid(n, block), x, out, bits, n, FN=fwd, DERIV=bwd, FROM_OUTPUT=from_output,
+        _mask_forward_kernel, (cdiv(n, block),), x, out, bits, n, FN=fwd, DERIV=bwd, FROM_OUTPUT=from_output,
         ALPHA=alpha, BLOCK=block,
     )  # fmt: skip
 
@@ -162,4 +158,4 @@ def mask_forward(x: torch.Tensor, out: torch.Tensor, bits: torch.Tensor, name: s
 def mask_backward(bits: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, alpha: float) -> None:
     """out = grad where the bit is set, else alpha * grad; ``grad`` and ``out`` share strides."""
     n, block = grad.numel(), BYTES_PER_PROGRAM // grad.itemsize
-    launch(_mask_backward_kernel, _grid(n, block), bits, grad, out, n, ALPHA=alpha, BLOCK=block)
+    launch(_mask_backward_kernel, (cdiv(n, block),), bits, grad, out, n, ALPHA=alpha, BLOCK=block)
