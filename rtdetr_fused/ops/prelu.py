@@ -138,10 +138,12 @@ def check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 def apply(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """PReLU of ``x``; the entry point of ``rtdetr_fused.functional.prelu``."""
+    if exporting():
+        return torch.prelu(x, weight)  # exporters see the standard op (shapes are traced values there)
     check_float(x, "input")
     check_weight(x, weight)
-    if exporting() or (not on_kernels(x) and x.dtype == weight.dtype):
-        return torch.prelu(x, weight)  # exporters see the standard op; on the CPU it saves what ours does
+    if not on_kernels(x) and x.dtype == weight.dtype:
+        return torch.prelu(x, weight)  # on the CPU it saves what ours does
     if compiling():
         return prelu(x, weight)
     if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
