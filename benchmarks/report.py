@@ -331,8 +331,8 @@ def findings(results: Results) -> list[str]:
         )
     if label == "CPU":
         out.append(
-            "CPU figures: without a GPU our ops run PyTorch's own kernels behind the custom op, so 'ours vs eager' "
-            "here measures dispatch overhead only, and no roofline share is given (these tensors sit in the CPU's "
+            "CPU figures: without a GPU our ops run PyTorch's own kernels behind our modules, so 'ours vs eager' "
+            "here measures our Python's overhead only, and no roofline share is given (these tensors sit in the CPU's "
             "caches, so a memory copy is no ceiling for them); the host section runs our kernels' route instead, "
             "with Triton's launches stubbed. GPU timings need a GPU (make gpu-check, or python -m benchmarks on a "
             "CUDA machine)."
