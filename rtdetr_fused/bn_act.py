@@ -10,6 +10,11 @@ writes once.
 ``nn.BatchNorm2d`` semantics throughout: ``eps``, ``momentum`` (``None``: cumulative
 average), unbiased running variance, ``num_batches_tracked``, ``affine``,
 ``track_running_stats``, running statistics in eval mode.
+
+Autograd: the fused Functions' backward is the kernel at first order and differentiable PyTorch
+ops under ``create_graph=True``; under forward-mode AD and torch.func transforms the calls run
+``F.batch_norm`` and the activation's reference, as torch.nn does (and refuse what it refuses,
+e.g. vmap's in-place running-statistics update on unbatched buffers).
 """
 
 import weakref
@@ -22,6 +27,7 @@ from torch import nn
 from .kernels import accumulate_dtype
 from .modules import get_activation
 from .ops import bn_act as _ops
+from .ops.activation import transformed
 from .ops.common import FLOAT_DTYPES, check_float, check_same_device, compiling, exporting
 from .recompute import tag
 
@@ -92,7 +98,8 @@ def batch_norm_act(
         raise ValueError(f"unknown activation {act!r}; known: {', '.join(_ops.NAMES)}")
     if (act == "prelu") != (act_weight is not None):
         raise ValueError("act_weight must be given for act='prelu' and only then")
-    if exporting() or input.numel() == 0:  # exporters see standard ops; torch handles empty batches
+    # Exporters see standard ops; torch handles empty batches, forward-mode AD and torch.func.
+    if exporting() or input.numel() == 0 or transformed():
         y = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
         return torch.prelu(y, act_weight) if act == "prelu" else _ops.ACT_SPECS[act].reference(y, alpha)
     c = input.shape[1]
@@ -200,6 +207,7 @@ def batch_norm_act_module(
         weight is None
         or act_weight is not None
         or exporting()
+        or transformed()
         or not input.numel()
         or input.shape[1] != c
         or input.dtype not in FLOAT_DTYPES

@@ -21,6 +21,9 @@ full tensors per block (the conv's input and output). Per-channel tensors are fl
 for float64 input) except ``weight``, ``bias`` and ``act_weight``, which keep their own dtype.
 On CPU tensors the ops run the Triton kernels under ``TRITON_INTERPRET=1`` and PyTorch
 references otherwise.
+
+A backward with ``create_graph=True`` differentiates the reference forward at the saved tensors
+instead of running the kernel (``_grads_graph``), so second derivatives are exact.
 """
 
 import functools
@@ -243,6 +246,30 @@ def _grads(ctx, grad: torch.Tensor, backward=_bn_act_backward) -> tuple:
     return grad_x, None, None, grad_w, grad_b, grad_a if act_weight is not None else None
 
 
+def _grads_graph(ctx, grad: torch.Tensor) -> tuple:
+    """``_grads`` with differentiable ops, for a backward with ``create_graph=True``: the reference
+    forward at the saved tensors (which keep their graph), differentiated. In training the
+    statistics are this batch's, as functions of x written around the saved values: the detached
+    terms are zero in value and keep every derivative, and eps is not needed (with c = var + eps
+    = invstd ** -2, (c + dv) ** -0.5 = invstd * (1 + invstd ** 2 * dv) ** -0.5)."""
+    x, mean, invstd, weight, bias, act_weight = ctx.saved_tensors
+    if ctx.training:
+        xa = x.to(mean.dtype)
+        m, v = xa.mean((0, 2, 3)), xa.var((0, 2, 3), unbiased=False)
+        mean = mean + (m - m.detach())
+        invstd = invstd * torch.rsqrt(1 + invstd.square() * (v - v.detach()))
+    z = _reference_z(x, mean, invstd, weight, bias)
+    if ctx.name == "prelu":
+        y = torch.prelu(z, act_weight.to(z.dtype))
+    else:
+        y = ACT_SPECS[ctx.name].reference(z, ctx.alpha)
+    inputs, needs = (x, weight, bias, act_weight), (ctx.needs_input_grad[0], *ctx.needs_input_grad[3:6])
+    wanted = [t for t, need in zip(inputs, needs) if need]
+    grads = iter(torch.autograd.grad(y.to(x.dtype), wanted, grad, create_graph=True, allow_unused=True))
+    grad_x, grad_w, grad_b, grad_a = (next(grads) if need else None for need in needs)
+    return grad_x, None, None, grad_w, grad_b, grad_a
+
+
 class BatchNormAct(torch.autograd.Function):
     """``act((x - mean) * invstd * weight + bias)`` with given statistics; ``training`` says they
     are this batch's (backward then adds their gradient terms). Saves ``x``, the statistics and
@@ -255,6 +282,8 @@ class BatchNormAct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+            return *_grads_graph(ctx, grad), None, None, None
         return *_grads(ctx, grad), None, None, None
 
 
@@ -273,6 +302,8 @@ class BatchNormActTrain(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor, _grad_mean: torch.Tensor | None, _grad_invstd: torch.Tensor | None):
+        if torch.is_grad_enabled():  # create_graph=True
+            return *_grads_graph(ctx, grad), None, None, None, None
         return *_grads(ctx, grad), None, None, None, None
 
 

@@ -3,7 +3,9 @@
 
 Backward produces grad_input and grad_weight in one Triton kernel (per-program partial
 sums, then a fixed-order sum of the partials): no full-size temporary, no atomics.
-Saved for backward: the input and the weight.
+Saved for backward: the input and the weight. A backward with ``create_graph=True``
+differentiates the reference forward at the saved tensors instead (exact second derivatives);
+under forward-mode AD and torch.func transforms ``apply`` runs ``torch.prelu``.
 """
 
 import functools
@@ -11,6 +13,7 @@ import functools
 import torch
 
 from ..kernels import accumulate_dtype
+from .activation import transformed
 from .common import check_float, check_same_device, compiling, dense, device_programs, exporting, like, on_kernels
 
 
@@ -99,6 +102,21 @@ def _setup_context(ctx, inputs, output) -> None:
     ctx.save_for_backward(*inputs)
 
 
+def _reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """PReLU with differentiable ops, weight and input of any float dtypes (as ``_prelu``)."""
+    acc = accumulate_dtype(x)
+    return torch.where(x > 0, x, _weight_view(x, weight).to(acc) * x.to(acc)).to(x.dtype)
+
+
+def _backward_graph(ctx, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple:
+    """Grads of x and weight with differentiable ops (``create_graph=True``): the reference
+    forward at the saved tensors, which keep their graph, differentiated."""
+    needs = ctx.needs_input_grad[:2]
+    wanted = [t for t, need in zip((x, weight), needs) if need]
+    grads = iter(torch.autograd.grad(_reference(x, weight), wanted, grad, create_graph=True))
+    return tuple(next(grads) if need else None for need in needs)
+
+
 class PReLU(torch.autograd.Function):
     """``prelu(x, weight)``; backward saves the input and the weight."""
 
@@ -110,6 +128,8 @@ class PReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         x, weight = ctx.saved_tensors
+        if torch.is_grad_enabled():  # create_graph=True: a differentiable gradient
+            return _backward_graph(ctx, x, weight, grad)
         return _prelu_backward(x, weight, grad)
 
 
@@ -138,8 +158,8 @@ def check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
 
 def apply(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """PReLU of ``x``; the entry point of ``rtdetr_fused.functional.prelu``."""
-    if exporting():
-        return torch.prelu(x, weight)  # exporters see the standard op (shapes are traced values there)
+    if exporting() or transformed():  # exporters see the standard op (shapes are traced values there)
+        return torch.prelu(x, weight)
     check_float(x, "input")
     check_weight(x, weight)
     if not on_kernels(x) and x.dtype == weight.dtype:
