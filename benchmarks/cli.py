@@ -8,7 +8,6 @@ from pathlib import Path
 from time import perf_counter
 
 import torch
-from rich.console import Console
 
 from .core import Context, Results, describe, make_progress
 from .env import environment
@@ -31,7 +30,7 @@ from .plan import (
 )
 from .plots import write_plots
 from .providers import PASSES, PROVIDERS, article_prelu_note
-from .report import markdown, print_tables, write_csv, write_json
+from .report import markdown, print_tables, stdout_console, write_csv, write_json
 from .training import run_training
 
 # Cheap sections first, so a --time-budget cuts the long grid rather than whole sections;
@@ -241,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or Path(os.environ.get("RESULTS_DIR") or "results")
     results = measure(plan, device, argv)
     plots = write_all(results, out)
-    console = Console()
+    console = stdout_console()
     print_tables(results, console)
     console.print(f"\nWrote results.json, results.csv, summary.md and {len(plots)} plots to {out}/")
     return 0

@@ -111,8 +111,8 @@ def memory_table(results: Results, label: str) -> Table | None:
             line += [fx(by[p]["peak_x_input"]) if p in by else "-" for p in providers]
         table.append(line)
     title = (
-        f"{label}: bytes saved for backward (and peak of forward+backward), multiples of the input "
-        f"({first['shape']} {first['layout']}, {first['dtype']})"
+        f"{label}: bytes saved for backward{' and peak of forward+backward' if has_peak else ''}, multiples of "
+        f"the input ({first['shape']} {first['layout']}, {first['dtype']})"
     )
     return Table(title, headers, table)
 
@@ -263,7 +263,8 @@ def training_table(results: Results, label: str) -> Table | None:
     rows = results.rows("training")
     if not rows:
         return None
-    headers = ["model", "precision", "batch", "variant", "step ms", "peak", "ours faster by"]
+    has_peak = any(r["peak_bytes"] is not None for r in rows)  # CUDA only
+    headers = ["model", "precision", "batch", "variant", "step ms", *(["peak"] if has_peak else []), "ours faster by"]
     table = [
         [
             r["model"],
@@ -271,7 +272,7 @@ def training_table(results: Results, label: str) -> Table | None:
             str(r["batch"]),
             r["variant"],
             fnum(r["step_ms"]) if r["status"] == "ok" else f"{r['status']}: {r['error']}",
-            fmib(r["peak_bytes"]),
+            *([fmib(r["peak_bytes"])] if has_peak else []),
             fx(r["speedup_x"]) if r["provider"] == "eager" else "",
         ]
         for r in rows
@@ -355,7 +356,7 @@ def findings(results: Results) -> list[str]:
         listed = ", ".join(f"{act} {size}" for act, size in losing.items())
         out.append(
             f"{label}: size sweep (forward+backward timed back to back, host cost included, up to {largest}): "
-            f"ours is slower than eager at sizes up to {listed}."
+            f"the largest size where ours is slower than eager: {listed}."
         )
     host = [r for r in ok(results, "host") if r["met"] is not None]
     if host:
@@ -404,6 +405,15 @@ def findings(results: Results) -> list[str]:
                 f"{by['eager']:.1f} with torch.nn."
             )
     return out + results.notes
+
+
+LOG_WIDTH = 1000
+"""Columns when stdout is no terminal: rich would cut tables and findings at 80, and a log has room."""
+
+
+def stdout_console() -> Console:
+    """A terminal's own width; a log's (stdout not a terminal) wide enough for every table at full width."""
+    return Console() if Console().is_terminal else Console(width=LOG_WIDTH)
 
 
 def print_tables(results: Results, console: Console) -> None:

@@ -263,3 +263,32 @@ def test_cuda_smoke(tmp_path):
     assert all(r["ours_launches"] >= 2 and r["torch_launches"] > 0 for r in host if r["policy"] == "off")
     assert data["meta"]["host"]["launches"] == "real"
     assert (tmp_path / "roofline.png").exists()
+
+
+def test_report_wording_on_the_cpu(capsys):
+    """What a CPU run's log says: tables at full width (no terminal), no peak promised where none was
+    measured, and the size sweep's largest losing size named as such."""
+    from benchmarks import report
+    from benchmarks.core import Results
+
+    results = Results({"device_label": "CPU", "plan": {"activations": ["mish", "relu"]}})
+    for act, size, speedup in (("mish", 4, 1.03), ("mish", 16, 0.97), ("relu", 1, 0.9), ("relu", 4, 1.1)):
+        results.add("scaling", activation=act, provider="eager", dtype="float32", size_bytes=size * 2**20,
+                    speedup_x=speedup)  # fmt: skip
+    for provider in ("rtdetr_fused", "eager"):
+        results.add("memory", activation="relu", provider=provider, dtype="float32", shape="1x64x80x80",
+                    layout="nchw", saved_x_input=1.0, saves="output")  # fmt: skip
+    results.add("training", model="yolo11n", precision="fp32", batch=2, variant="stock", provider="stock", step_ms=9.0)
+    found = report.findings(results)
+    assert any("the largest size where ours is slower than eager: mish 16 MiB, relu 1 MiB." in f for f in found)
+    assert not any("up to mish" in f for f in found)
+    tables = {t.title.split(": ")[1].split(",")[0]: t for t in report.tables(results)}
+    memory = tables["bytes saved for backward"]
+    assert "peak" not in memory.title + " ".join(memory.headers)
+    training = tables["training step (median)"]
+    assert "peak" not in training.headers and len(training.rows[0]) == len(training.headers)
+
+    console = report.stdout_console()  # pytest captures stdout: no terminal, as in a log
+    assert not console.is_terminal and console.width == report.LOG_WIDTH
+    report.print_tables(results, console)
+    assert max(map(len, capsys.readouterr().out.splitlines())) > 80, "nothing cut at 80 columns"

@@ -14,6 +14,7 @@ import pickle
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -235,19 +236,29 @@ def test_convert_rejects_what_is_not_an_ultralytics_checkpoint(tmp_path, capsys)
     assert "not found" in capsys.readouterr().err
 
 
-def test_fuse_bn_recompute_through_the_trainer(run, tmp_path):
-    """One epoch from the CLI with fuse_bn=recompute: the trainer's EMA copy, checkpoint and
-    validation (under no_grad) take the fused forwards; the losses are finite."""
+def test_fuse_bn_recompute_through_the_cli_into_dot_runs(run, tmp_path):
+    """One epoch from the command, run as a user runs it in a folder of their own, with fuse_bn=recompute: the
+    run lands in ./runs/detect/train (not in the checkout Ultralytics' settings point to) and logs the swap
+    line; the trainer's EMA copy, checkpoint and validation (under no_grad) take the fused forwards; the losses
+    are finite."""
+    from test_cli import cli
+
     from rtdetr_fused.integrations.fuse_bn import FusedConvForward
 
-    project = tmp_path / "runs"
+    checkout_runs = Path(U.__file__).parents[2] / "runs"
+    before = sorted(checkout_runs.rglob("*")) if checkout_runs.exists() else None
+    no_font = "import ultralytics.data.utils as u\nu.check_font = lambda *args, **kwargs: None  # no download"
     args = ["train", "model=yolo11n.yaml", f"data={run['data']}", "epochs=1", "fuse_bn=recompute", *CLI_ARGS]
-    with _offline_pytorch_path():
-        assert main([*args, f"project={project}", "name=recompute"]) == 0
-    with open(project / "recompute" / "results.csv") as f:
+    proc = cli(tmp_path / "elsewhere", *args, prelude=no_font, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
+    line = "rtdetr-fused: act=silu targets=SiLU: swapped 77 sites (77 nn.SiLU -> rtdetr_fused.SiLU); fuse_bn=recompute"
+    assert line in proc.stdout + proc.stderr
+    assert (sorted(checkout_runs.rglob("*")) if checkout_runs.exists() else None) == before, "nothing in the checkout"
+    save_dir = tmp_path / "elsewhere" / "runs" / "detect" / "train"
+    with open(save_dir / "results.csv") as f:
         row = {k.strip(): v for k, v in next(csv.DictReader(f)).items()}
     assert all(torch.isfinite(torch.tensor(float(v))) for k, v in row.items() if k.startswith("train/"))
-    ckpt = torch.load(project / "recompute" / "weights" / "last.pt", weights_only=False)
+    ckpt = torch.load(save_dir / "weights" / "last.pt", weights_only=False)
     model = ckpt["ema"] or ckpt["model"]  # the last epoch's checkpoint keeps the EMA as its model
     forwards = [vars(m)["forward"] for m in model.modules() if isinstance(vars(m).get("forward"), FusedConvForward)]
     assert len(forwards) > 80 and all(f.recompute for f in forwards)
