@@ -179,10 +179,37 @@ def test_same_bits_every_run(device):
     assert torch.equal(runs[0][0], runs[1][0]) and torch.equal(runs[0][1], runs[1][1])
 
 
-@pytest.mark.parametrize("bad", [torch.int32, torch.bool, torch.complex64])
-def test_rejects_non_float(bad):
+NON_FLOAT = [torch.int64, torch.int32, torch.uint8, torch.bool, torch.complex64]
+FUNCTIONAL = ["silu", "mish", "hardswish", "leaky_relu", "relu6", "relu", "gelu"]
+
+
+def _outcome(fn, x: torch.Tensor):
+    """``fn(x)``'s result, or the type of the exception it raised."""
+    try:
+        return fn(x)
+    except Exception as e:  # noqa: BLE001 - the type is what is compared
+        return type(e)
+
+
+@pytest.mark.parametrize("dtype", NON_FLOAT)
+@pytest.mark.parametrize("name", FUNCTIONAL)
+@pytest.mark.parametrize("inplace", [False, True])
+def test_non_float_inputs_as_torch(name, dtype, inplace):
+    """Integer, bool and complex inputs get what torch.nn.functional gives: its result, in its
+    dtype, or its exception type."""
+    x = torch.tensor([-3, 0, 2, 7]).to(dtype)
+    kwargs = {"inplace": True} if inplace and name != "gelu" else {}
+    ours = _outcome(lambda t: getattr(RF, name)(t, **kwargs), x.clone())
+    theirs = _outcome(lambda t: getattr(torch.nn.functional, name)(t, **kwargs), x.clone())
+    if isinstance(theirs, torch.Tensor):
+        assert isinstance(ours, torch.Tensor) and ours.dtype == theirs.dtype and torch.equal(ours, theirs)
+    else:
+        assert ours is theirs
+
+
+def test_rejects_non_tensor():
     with pytest.raises(TypeError, match="input"):
-        RF.silu(torch.zeros(3, dtype=bad))
+        RF.silu([1.0, 2.0])
 
 
 def test_rejects_bad_gelu_approximate():

@@ -105,8 +105,21 @@ def test_rejects_bad_weight():
         RF.prelu(x, torch.rand(3, device="meta"))
     with pytest.raises(TypeError, match="weight"):
         RF.prelu(x, torch.ones(3, dtype=torch.int64))
-    with pytest.raises(TypeError, match="input"):
-        RF.prelu(x.to(torch.int32), torch.rand(3))
+    with pytest.raises(ValueError, match="no channel dimension"):
+        RF.prelu(torch.randn(5), torch.rand(5))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
+def test_non_float_input_as_torch(dtype):
+    """An integer or bool input gets torch.prelu's result or its exception type."""
+    x, w = torch.tensor([[-3, 0], [2, 7]]).to(dtype), torch.rand(2)
+    try:
+        expected = torch.prelu(x, w)
+    except Exception as e:  # noqa: BLE001 - the type is what is compared
+        with pytest.raises(type(e)):
+            RF.prelu(x, w)
+    else:
+        torch.testing.assert_close(RF.prelu(x, w), expected)
 
 
 def test_one_weight_over_2_pow_28_elements(device):

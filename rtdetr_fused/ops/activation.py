@@ -22,7 +22,7 @@ import torch.autograd.forward_ad as _forward_ad
 import torch.nn.functional as F
 
 from . import policy
-from .common import check_float, compiling, dense, exporting, is_dense, like, on_kernels, with_strides
+from .common import FLOAT_DTYPES, compiling, dense, exporting, is_dense, like, on_kernels, with_strides
 
 aten = torch.ops.aten
 
@@ -384,7 +384,10 @@ def _reference(x: torch.Tensor, name: str, alpha: float, inplace: bool) -> torch
 def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False, bitmask: bool = False) -> torch.Tensor:
     """Run activation ``name`` on ``x``; the entry point of ``rtdetr_fused.functional``.
     ``bitmask``: backward from one bit per element (``MASKABLE`` activations, out of place)."""
-    check_float(x, "input")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype not in FLOAT_DTYPES:  # integer, bool, complex: what torch.nn.functional does, or its error
+        return _reference(x, name, alpha, inplace)
     if bitmask and name not in MASKABLE:
         raise ValueError(f"bitmask=True needs a derivative with two values: {', '.join(MASKABLE)}, not {name}")
     if bitmask and inplace:

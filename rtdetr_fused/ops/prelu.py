@@ -14,7 +14,17 @@ import torch
 
 from ..kernels import accumulate_dtype
 from .activation import transformed
-from .common import check_float, check_same_device, compiling, dense, device_programs, exporting, like, on_kernels
+from .common import (
+    FLOAT_DTYPES,
+    check_float,
+    check_same_device,
+    compiling,
+    dense,
+    device_programs,
+    exporting,
+    like,
+    on_kernels,
+)
 
 
 @functools.cache
@@ -148,11 +158,15 @@ def check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
     n = weight.numel()
     if n == 1:
         return
-    channels = x.shape[1] if x.dim() >= 2 else 1
-    if n != channels:
+    if x.dim() < 2:
         raise ValueError(
-            f"weight has {n} elements but input of shape {tuple(x.shape)} has {channels} "
-            "channels on dim 1: use one weight, or one per channel"
+            f"weight has {n} elements but input of shape {tuple(x.shape)} has no channel dimension "
+            "(fewer than 2 dims), as in torch: use one weight"
+        )
+    if n != x.shape[1]:
+        raise ValueError(
+            f"weight has {n} elements but input of shape {tuple(x.shape)} has {x.shape[1]} channels "
+            "on dim 1: use one weight, or one per channel"
         )
 
 
@@ -160,8 +174,11 @@ def apply(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """PReLU of ``x``; the entry point of ``rtdetr_fused.functional.prelu``."""
     if exporting() or transformed():  # exporters see the standard op (shapes are traced values there)
         return torch.prelu(x, weight)
-    check_float(x, "input")
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     check_weight(x, weight)
+    if x.dtype not in FLOAT_DTYPES:
+        return torch.prelu(x, weight)  # integer, bool, complex input: torch's result or its error
     if not on_kernels(x) and x.dtype == weight.dtype:
         return torch.prelu(x, weight)  # on the CPU it saves what ours does
     if compiling():
