@@ -90,6 +90,7 @@ class Block(nn.Module):
         return self.act(self.conv(x))
 
 
+@pytest.mark.filterwarnings("error::torch.jit.TracerWarning")  # a user's trace of our modules prints none
 @pytest.mark.parametrize("name", ["silu", "prelu"])
 def test_export_paths_use_reference_ops(name, tmp_path):
     """jit.trace, torch.export and ONNX see the standard op, not the custom one."""
