@@ -250,23 +250,23 @@ act_mask_backward = torch.library.custom_op(
 def _act_mask_backward(bits: torch.Tensor, grad: torch.Tensor, stride: list[int], alpha: float) -> torch.Tensor:
     if on_kernels(grad):
         return _act_mask_backward_triton(bits, grad, stride, alpha)
+    return _act_mask_backward_reference(bits, grad, stride, alpha)
+
+
+def _act_mask_backward_reference(
+    bits: torch.Tensor, grad: torch.Tensor, stride: list[int], alpha: float
+) -> torch.Tensor:
+    """grad_input from the bits with PyTorch ops, on any device: the CPU path, and a backward with
+    ``create_graph=True`` (the derivative the bits hold is piecewise constant, so this is exact and
+    differentiable in ``grad``). 0, not 0 * grad, where alpha is 0, as the kernel and torch."""
     grad = with_strides(grad, stride)
     one = torch.empty_like(grad, dtype=torch.bool)
-    unpacked = (bits[:, None] & _BIT_WEIGHTS) != 0
+    unpacked = (bits[:, None] & _BIT_WEIGHTS.to(bits.device)) != 0
     _storage_order(one).copy_(unpacked.view(-1)[: grad.numel()])
     return torch.where(one, grad, grad * alpha if alpha else torch.zeros_like(grad))
 
 
 act_mask_backward.register_kernel("cpu")(_act_mask_backward)
-
-
-def _act_mask_backward_graph(bits: torch.Tensor, grad: torch.Tensor, stride: list[int], alpha: float) -> torch.Tensor:
-    """``_act_mask_backward`` with differentiable ops (``create_graph=True``): the derivative
-    the bits hold is piecewise constant, so grad_input is ``grad`` times it, exactly."""
-    one = torch.empty_strided(grad.shape, stride, dtype=torch.bool, device=grad.device)
-    unpacked = (bits[:, None] & _BIT_WEIGHTS.to(bits.device)) != 0
-    _storage_order(one).copy_(unpacked.view(-1)[: grad.numel()])
-    return torch.where(one, grad, grad * alpha)
 
 
 @act_mask_backward.register_fake
@@ -295,7 +295,7 @@ class ActMask(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor, _grad_bits: torch.Tensor | None):
         (bits,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
-            return _act_mask_backward_graph(bits, grad, ctx.stride, ctx.alpha), None, None
+            return _act_mask_backward_reference(bits, grad, ctx.stride, ctx.alpha), None, None
         return _act_mask_backward(bits, grad, ctx.stride, ctx.alpha), None, None
 
 
