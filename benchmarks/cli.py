@@ -9,6 +9,8 @@ from time import perf_counter
 
 import torch
 
+from rtdetr_fused.modules import ACTIVATIONS, NAMES
+
 from .core import Context, Results, describe, make_progress
 from .env import environment
 from .host import run_host
@@ -99,7 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     lists = p.add_argument_group("what to measure (comma-separated lists; defaults depend on device and --quick)")
     lists.add_argument("--sections", type=_listing(), help="default: all (without a GPU: all but training)")
-    lists.add_argument("--activations", type=_listing({"leakyrelu": "leaky_relu"}), help="default: all")
+    aliases = {key: row.name for key, row in NAMES.items() if row.name in ACTIVATIONS}  # get_activation's
+    lists.add_argument("--activations", type=_listing(aliases), help="default: all")
     lists.add_argument("--dtypes", type=_listing(DTYPE_ALIASES), help="GPU default: all three; CPU: float32")
     lists.add_argument("--passes", type=_listing(PASS_ALIASES), help="default: all three")
     lists.add_argument("--shapes", type=_listing(), help="default: RT-DETR-l feature maps at batch 16, and flat:256")

@@ -14,7 +14,7 @@ from torch import nn
 from rtdetr_fused.modules import TORCH_NN
 
 from .core import Unavailable
-from .providers import ACTIVATION_TABLE, OURS
+from .providers import OURS
 
 MODEL_CONFIGS = {"rtdetr-l": ("rtdetr-l.yaml", "RTDETRDetectionModel"), "yolo11n": ("yolo11n.yaml", "DetectionModel")}
 NUM_CLASSES = 80
@@ -74,7 +74,7 @@ def _replaced(base: nn.Module, replace: Callable, activation: str, **kwargs) -> 
     the integration's failure is a result, not a crash."""
     try:
         model = copy.deepcopy(base)
-        replace(model, activation, targets="all", **ACTIVATION_TABLE[activation].kwargs, **kwargs)
+        replace(model, activation, targets="all", **kwargs)
     except Exception as e:
         return e
     return model

@@ -5,42 +5,30 @@ time, move and inspect all of them the same way; adding a provider is one row of
 ``PROVIDERS``.
 """
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from rtdetr_fused import ACTIVATIONS
+from rtdetr_fused import ACTIVATIONS, activations
 from rtdetr_fused.modules import TORCH_NN
-
-Formula = Callable[[torch.Tensor, nn.Module], torch.Tensor]
-
-
-def _per_channel(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return weight.reshape([-1] + [1] * (x.dim() - 2)) if weight.numel() > 1 else weight
 
 
 @dataclass(frozen=True)
 class Activation:
-    """An activation: its torch.nn module (the base class of ours), ours, and a composed formula.
+    """A row of ``rtdetr_fused.activations.TABLE`` as the harness builds it: ours, torch.nn's (the
+    base class of ours), and the composed formula (``row.composed``), which gets the torch.nn
+    module for its parameters (PReLU's weight)."""
 
-    ``formula(x, module)`` gets the torch.nn module for its parameters (PReLU's weight).
-    """
+    row: activations.Activation
 
-    name: str
-    formula: Formula
-    formula_text: str
-    formula_source: str
-    kwargs: Mapping[str, object] = field(default_factory=dict)
-    per_channel: bool = False
+    @property
+    def name(self) -> str:
+        return self.row.name
 
     def module_kwargs(self, channels: int) -> dict:
-        kwargs = dict(self.kwargs)
-        if self.per_channel:
-            kwargs["num_parameters"] = channels
-        return kwargs
+        return {"num_parameters": channels} if self.row.per_channel else {}
 
     @property
     def fused_class(self) -> type[nn.Module]:
@@ -58,36 +46,10 @@ class Activation:
         return self.torch_class(**self.module_kwargs(channels))
 
 
-ARTICLE = "article"
 ARTICLE_PRELU = "torch.max(input, 0) + self.weight * torch.min(input, 0)"
 
-ACTIVATION_TABLE: dict[str, Activation] = {
-    a.name: a
-    for a in (
-        Activation("silu", lambda x, m: x * torch.sigmoid(x), "x * torch.sigmoid(x)", ARTICLE),
-        Activation("mish", lambda x, m: x * F.softplus(x).tanh(), "x * F.softplus(x).tanh()", ARTICLE),
-        Activation(
-            "hardswish", lambda x, m: x * torch.clamp(x + 3, 0, 6) / 6, "x * torch.clamp(x + 3, 0, 6) / 6", ARTICLE
-        ),
-        Activation("leaky_relu", lambda x, m: torch.max(x, m.negative_slope * x), "torch.max(x, slope * x)", ARTICLE),
-        Activation("relu6", lambda x, m: torch.clamp(x, 0, 6), "torch.clamp(x, 0, 6)", ARTICLE),
-        Activation(
-            "prelu",
-            lambda x, m: torch.clamp(x, min=0) + _per_channel(m.weight, x) * torch.clamp(x, max=0),
-            "torch.clamp(x, min=0) + w * torch.clamp(x, max=0)",
-            "article, corrected: its own PReLU formula does not run (see notes)",
-            per_channel=True,
-        ),
-        Activation("relu", lambda x, m: torch.clamp(x, min=0), "torch.clamp(x, min=0)", "not in the article"),
-        Activation(
-            "gelu",
-            lambda x, m: 0.5 * x * (1 + torch.erf(x * 0.7071067811865476)),
-            "0.5 * x * (1 + torch.erf(x / sqrt(2)))",
-            "not in the article",
-        ),
-    )
-}
-assert set(ACTIVATION_TABLE) == set(ACTIVATIONS), "every activation of rtdetr_fused has a row"
+ACTIVATION_TABLE: dict[str, Activation] = {name: Activation(activations.TABLE[name]) for name in ACTIVATIONS}
+"""Every activation module of rtdetr_fused (one per torch.nn class), by name."""
 
 
 def article_prelu_note() -> str:
@@ -112,7 +74,7 @@ class Composed(nn.Module):
     def __init__(self, activation: Activation, channels: int):
         super().__init__()
         self.inner = activation.torch_module(channels)
-        self.formula = activation.formula
+        self.formula = activation.row.composed
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.formula(x, self.inner)

@@ -11,8 +11,8 @@ channel; a fixed-order pass combines the partials. Statistics use Welford per ti
 Chan's merge across slots and partials: no sum of squares, so a large mean cannot cancel the
 variance. Everything is computed in float32 (float64 for float64 input).
 
-The activation is a constexpr ``FN`` from ``BN_FORMULAS``: ``formulas.FORMULAS``, PReLU
-(LeakyReLU's formula with a per-channel slope) and identity (BatchNorm alone). Backward
+The activation is a constexpr ``FN`` from ``formulas.pair``: every activation's, PReLU's
+(LeakyReLU's formula with a per-channel slope) and identity's (BatchNorm alone). Backward
 formulas get the BN output z, which works for every formula, including those written for the
 activation's output (ReLU, ReLU6, LeakyReLU with a slope >= 0 see the same sign and range in z).
 """
@@ -25,7 +25,7 @@ import triton
 import triton.language as tl
 
 from . import accumulate_dtype, cdiv, next_power_of_2
-from .formulas import FORMULAS, IDENTITY
+from .formulas import pair
 from .launch import launch
 from .layout import Geometry, geometry
 from .pointwise import block_size, upcast
@@ -548,12 +548,8 @@ def _strips(geo: Geometry, programs: int) -> _Strips:
     return _Strips((fixed, splits), per, splits * a, a, length)
 
 
-BN_FORMULAS = {**FORMULAS, "prelu": FORMULAS["leaky_relu"], "identity": IDENTITY}
-"""The activations ``FN`` can be: PReLU is LeakyReLU's formula with a per-channel slope."""
-
-
 def _formula(name: str, backward: bool) -> triton.JITFunction:
-    return BN_FORMULAS[name][int(backward)]
+    return pair(name)[int(backward)]
 
 
 def _channel_blocks(x: torch.Tensor) -> tuple[int, int, int, int, int] | None:

@@ -2,12 +2,12 @@
 
 Every formula takes values already upcast to the compute dtype (float32, or float64 for
 float64 tensors) and a constexpr ``ALPHA`` (LeakyReLU's slope; unused elsewhere).
-Backward formulas take ``s``, the tensor saved by forward (the input, or the output where
-``rtdetr_fused.ops.activation.SPECS`` says so), and the upstream gradient ``g``.
+Backward formulas take ``s``, the tensor saved by forward (the input, or the output where the
+activation's row says ``saves_output``), and the upstream gradient ``g``.
 
-Adding an activation: write ``<name>_fwd`` and ``<name>_bwd`` here, add one row to
-``FORMULAS`` and one row to ``SPECS``. No libdevice: it does not run in the interpreter, so
-tanh and softplus are written with ``exp``.
+Adding an activation: write ``<name>_fwd`` and ``<name>_bwd`` here and add its row to
+``rtdetr_fused/activations.py`` (README, "Adding an activation"). No libdevice: it does not run
+in the interpreter, so tanh and softplus are written with ``exp``.
 """
 
 import triton
@@ -139,16 +139,11 @@ def identity_bwd(x, g, ALPHA: tl.constexpr):
     return g
 
 
-IDENTITY = (identity_fwd, identity_bwd)
-"""BatchNorm with no activation, for ``bn_act``: not in ``FORMULAS``, as it is no elementwise op."""
+# BatchNorm + PReLU (kernels/bn_act.py): LeakyReLU's formulas, ALPHA replaced by the channel's weight.
+prelu_fwd, prelu_bwd = leaky_relu_fwd, leaky_relu_bwd
 
-FORMULAS: dict[str, tuple[triton.JITFunction, triton.JITFunction]] = {
-    "silu": (silu_fwd, silu_bwd),
-    "mish": (mish_fwd, mish_bwd),
-    "hardswish": (hardswish_fwd, hardswish_bwd),
-    "leaky_relu": (leaky_relu_fwd, leaky_relu_bwd),
-    "relu6": (relu6_fwd, relu6_bwd),
-    "relu": (relu_fwd, relu_bwd),
-    "gelu": (gelu_fwd, gelu_bwd),
-    "gelu_tanh": (gelu_tanh_fwd, gelu_tanh_bwd),
-}
+
+def pair(name: str) -> tuple[triton.JITFunction, triton.JITFunction]:
+    """Activation ``name``'s ``<name>_fwd`` and ``<name>_bwd``, found by name: the list of
+    activations is ``rtdetr_fused.activations.TABLE`` alone ("identity": BatchNorm alone)."""
+    return globals()[f"{name}_fwd"], globals()[f"{name}_bwd"]

@@ -1,7 +1,7 @@
 """Shared launch machinery for the elementwise activations.
 
 One forward and one backward kernel serve every activation: the formula is a constexpr
-``@triton.jit`` function from ``formulas.FORMULAS``. Kernels walk the tensor's storage as a
+``@triton.jit`` function of ``formulas`` (``formulas.pair``). Kernels walk the tensor's storage as a
 flat array, which is correct for any dense layout (contiguous, channels_last, permuted) and
 keeps the output in the input's layout. Full blocks are unmasked so sm_90 gets 128-bit
 loads; only the last block is masked.
@@ -12,12 +12,12 @@ import triton
 import triton.language as tl
 
 from . import cdiv
-from .formulas import FORMULAS
+from .formulas import pair
 from .launch import launch
 
 # Bytes each program moves per tensor, and warps: 8 KiB per program = two 16-byte vectors
 # per thread at 8 warps. From the sm_90 report (kernels/SM90_REPORT.md): at 8 warps every
-# kernel and dtype has 128-bit loads, no spills and at most 84 registers (GELU fp64
+# kernel and dtype has 128-bit loads, no spills and at most 84 registers (Mish fp64
 # backward); at 4 warps the fp16 kernels need up to 138, at 2 warps GELU and Mish spill.
 BYTES_PER_PROGRAM = 8192
 
@@ -90,7 +90,7 @@ def _mask_forward_kernel(
     BLOCK: tl.constexpr,
 ):
     """y = FN(x) and the bits of DERIV(s) == 1, s the output if FROM_OUTPUT else the input
-    (what DERIV expects: ``SPECS[name].saves_output``)."""
+    (what DERIV expects: the row's ``saves_output``)."""
     start = tl.program_id(0).to(tl.int64) * BLOCK
     offs = start + tl.arange(0, BLOCK)
     bytes_at = start // 8 + tl.arange(0, BLOCK // 8)
@@ -136,19 +136,19 @@ def _mask_backward_kernel(m_ptr, g_ptr, dx_ptr, n, ALPHA: tl.constexpr, BLOCK: t
 def forward(x: torch.Tensor, out: torch.Tensor, name: str, alpha: float) -> None:
     """out = act(x); both dense with the same strides (``out`` may be ``x``)."""
     n, block = x.numel(), BYTES_PER_PROGRAM // x.itemsize
-    launch(_forward_kernel, (cdiv(n, block),), x, out, n, FN=FORMULAS[name][0], ALPHA=alpha, BLOCK=block)
+    launch(_forward_kernel, (cdiv(n, block),), x, out, n, FN=pair(name)[0], ALPHA=alpha, BLOCK=block)
 
 
 def backward(saved: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, name: str, alpha: float) -> None:
     """out = d act / dx * grad; all three dense with the same strides."""
     n, block = saved.numel(), BYTES_PER_PROGRAM // saved.itemsize
-    launch(_backward_kernel, (cdiv(n, block),), saved, grad, out, n, FN=FORMULAS[name][1], ALPHA=alpha, BLOCK=block)
+    launch(_backward_kernel, (cdiv(n, block),), saved, grad, out, n, FN=pair(name)[1], ALPHA=alpha, BLOCK=block)
 
 
 def mask_forward(x: torch.Tensor, out: torch.Tensor, bits: torch.Tensor, name: str, alpha: float, from_output: bool):
     """out = act(x) and ``bits`` (uint8, ``(n + 7) // 8``) where d act / dx is 1."""
     n, block = x.numel(), BYTES_PER_PROGRAM // x.itemsize
-    fwd, bwd = FORMULAS[name]
+    fwd, bwd = pair(name)
     launch(
         _mask_forward_kernel, (cdiv(n, block),), x, out, bits, n, FN=fwd, DERIV=bwd, FROM_OUTPUT=from_output,
         ALPHA=alpha, BLOCK=block,

@@ -24,39 +24,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .activations import TABLE, Activation
 from .kernels import accumulate_dtype
-from .modules import get_activation
+from .modules import ROWS, get_activation, selector
 from .ops import bn_act as _ops
 from .ops.activation import transformed
-from .ops.common import FLOAT_DTYPES, check_float, check_same_device, compiling, exporting
+from .ops.common import FLOAT_DTYPES, ArgumentError, check_float, check_same_device, compiling, exporting
 from .recompute import tag
 
-_SPECS: dict[type, Callable[[nn.Module], tuple[str, float, torch.Tensor | None]]] = {
-    nn.PReLU: lambda m: ("prelu", 0.0, m.weight),
-    nn.LeakyReLU: lambda m: ("leaky_relu", float(m.negative_slope), None),
-    nn.GELU: lambda m: ("gelu" if m.approximate == "none" else "gelu_tanh", 0.0, None),
-    nn.SiLU: lambda m: ("silu", 0.0, None),
-    nn.Mish: lambda m: ("mish", 0.0, None),
-    nn.Hardswish: lambda m: ("hardswish", 0.0, None),
-    nn.ReLU6: lambda m: ("relu6", 0.0, None),
-    nn.ReLU: lambda m: ("relu", 0.0, None),
-    nn.Identity: lambda m: ("identity", 0.0, None),
-}
-
-
-_READERS: dict[type, Callable[[nn.Module], tuple[str, float, torch.Tensor | None]] | None] = {}
-"""Each module class seen -> its nearest torch.nn base's row of ``_SPECS``, found once."""
+_SELECTORS = {base: selector(rows) for base, rows in ROWS.items()} | {nn.Identity: selector((_ops.IDENTITY,))}
+_READERS: dict[type, Callable[[nn.Module], Activation | None] | None] = {}
+"""Each module class seen -> its nearest torch.nn base's row selector, found once."""
 
 
 def activation_spec(act: nn.Module) -> tuple[str, float, torch.Tensor | None] | None:
-    """(name, alpha, PReLU weight) of a supported activation module (torch.nn's or ours), or
+    """(name, alpha, PReLU's weight) of a module of ``activations.TABLE`` (torch.nn's or ours), or
     None: SiLU, Mish, Hardswish, LeakyReLU, ReLU6, ReLU, GELU (both approximations), PReLU, and
     ``nn.Identity`` (BatchNorm alone)."""
     cls = type(act)
     if cls not in _READERS:
-        _READERS[cls] = next((_SPECS[base] for base in cls.__mro__ if base in _SPECS), None)
-    reader = _READERS[cls]
-    return reader(act) if reader is not None else None
+        _READERS[cls] = next((_SELECTORS[base] for base in cls.__mro__ if base in _SELECTORS), None)
+    select = _READERS[cls]
+    row = select(act) if select is not None else None
+    if row is None:
+        return None
+    if row.per_channel:
+        return row.name, 0.0, getattr(act, row.alpha)
+    return row.name, float(getattr(act, row.alpha)) if row.alpha else 0.0, None
 
 
 def _channel_vector(t: torch.Tensor | None, channels: int, arg: str, x: torch.Tensor) -> None:
@@ -65,7 +59,7 @@ def _channel_vector(t: torch.Tensor | None, channels: int, arg: str, x: torch.Te
     check_float(t, arg)
     check_same_device(x, t, "input", arg)
     if t.numel() != channels:
-        raise ValueError(f"{arg} has {t.numel()} elements but input has {channels} channels")
+        raise ArgumentError(f"{arg} has {t.numel()} elements but input has {channels} channels")
 
 
 def batch_norm_act(
@@ -94,14 +88,14 @@ def batch_norm_act(
     check_float(input, "input")
     if input.dim() != 4:
         raise ValueError(f"input must be 4-D (N, C, H, W), got shape {tuple(input.shape)}")
-    if act not in _ops.NAMES:
-        raise ValueError(f"unknown activation {act!r}; known: {', '.join(_ops.NAMES)}")
-    if (act == "prelu") != (act_weight is not None):
-        raise ValueError("act_weight must be given for act='prelu' and only then")
+    if act not in (*TABLE, "identity"):
+        raise ValueError(f"unknown activation {act!r}; known: {', '.join(TABLE)}, identity")
+    if _ops.row(act).per_channel != (act_weight is not None):
+        raise ValueError(f"act_weight must be given for act={act!r} exactly when it has a weight per channel")
     # Exporters see standard ops; torch handles empty batches, forward-mode AD and torch.func.
     if exporting() or input.numel() == 0 or transformed():
         y = F.batch_norm(input, running_mean, running_var, weight, bias, training, momentum, eps)
-        return torch.prelu(y, act_weight) if act == "prelu" else _ops.ACT_SPECS[act].reference(y, alpha)
+        return _ops.row(act).bn_reference(y, alpha, act_weight)
     c = input.shape[1]
     for t, arg in ((running_mean, "running_mean"), (running_var, "running_var"), (weight, "weight"), (bias, "bias")):
         _channel_vector(t, c, arg, input)
@@ -110,7 +104,7 @@ def batch_norm_act(
     if (running_mean is None) != (running_var is None):
         raise ValueError("running_mean and running_var must be both given or both None")
     if not training and running_mean is None:
-        raise ValueError("training=False needs running_mean and running_var")
+        raise ArgumentError("training=False needs running_mean and running_var")
     if training and input.numel() // max(c, 1) == 1:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
 

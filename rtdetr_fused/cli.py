@@ -11,7 +11,7 @@ import sys
 import textwrap
 from typing import Any, NoReturn
 
-from .modules import ACTIVATIONS, TORCH_NN
+from .modules import ACTIVATIONS, NAMES, TORCH_NN
 
 DESCRIPTION = """\
 Train Ultralytics models (RT-DETR, YOLO) with the fused Triton activations, convert their checkpoints
@@ -173,6 +173,8 @@ def _train(parser: argparse.ArgumentParser, ns: argparse.Namespace) -> None:
 
     args = _pairs(parser, ns.args)
     act = str(args.pop("act", "silu")).lower().replace("-", "_")
+    if act in NAMES and NAMES[act].name in ACTIVATIONS:  # get_activation's aliases: swish, hard_swish...
+        act = NAMES[act].name
     if act not in ACTIVATIONS:
         parser.error(f"act={act} is not an activation; choose from {', '.join(ACTIVATIONS)}")
     config = dict(act=act, targets=_names(args.pop("targets", "SiLU")), fuse_bn=_fuse_bn(args.pop("fuse_bn", False)))

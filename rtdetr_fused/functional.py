@@ -1,58 +1,50 @@
-"""Functional forms, with torch.nn.functional's signatures.
+"""Functional forms, with torch.nn.functional's signatures: one per module of ``modules``,
+taking the input and the module's constructor arguments (``prelu``: the input and the weight).
 
 Each runs one fused Triton kernel forward and one backward on CUDA tensors (and on CPU
 tensors under ``TRITON_INTERPRET=1``), PyTorch's own ops on other CPU tensors, and
-PyTorch's ops under tracing and export so exported graphs hold standard operators.
+PyTorch's ops under tracing and export so exported graphs hold standard operators. Built from
+``activations.TABLE``: ``silu``, ``mish``, ``hardswish``, ``leaky_relu``, ``relu6``, ``prelu``,
+``relu``, ``gelu``.
 """
 
-import torch
+import inspect
+from collections.abc import Callable
+from types import SimpleNamespace
 
-from .ops import activation as _act
+import torch
+from torch import nn
+
+from .modules import ACTIVATIONS, ROWS, _saves
 from .ops import prelu as _prelu
 
 
-def silu(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """x * sigmoid(x). Saves the input for backward."""
-    return _act.apply(input, "silu", 0.0, inplace)
-
-
-def mish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """x * tanh(softplus(x)), softplus with torch's threshold of 20. Saves the input."""
-    return _act.apply(input, "mish", 0.0, inplace)
-
-
-def hardswish(input: torch.Tensor, inplace: bool = False) -> torch.Tensor:
-    """x * relu6(x + 3) / 6. Saves the input."""
-    return _act.apply(input, "hardswish", 0.0, inplace)
-
-
-def leaky_relu(
-    input: torch.Tensor, negative_slope: float = 0.01, inplace: bool = False, bitmask: bool = False
-) -> torch.Tensor:
-    """x if x > 0 else negative_slope * x. Saves the output (the input if the slope is
-    negative), or with ``bitmask`` one bit per element (out of place)."""
-    return _act.apply(input, "leaky_relu", float(negative_slope), inplace, bitmask)
-
-
-def relu6(input: torch.Tensor, inplace: bool = False, bitmask: bool = False) -> torch.Tensor:
-    """min(max(x, 0), 6). Saves the output, or with ``bitmask`` one bit per element."""
-    return _act.apply(input, "relu6", 0.0, inplace, bitmask)
-
-
-def relu(input: torch.Tensor, inplace: bool = False, bitmask: bool = False) -> torch.Tensor:
-    """max(x, 0). Saves the output, or with ``bitmask`` one bit per element."""
-    return _act.apply(input, "relu", 0.0, inplace, bitmask)
-
-
-def gelu(input: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """x * Phi(x) (``"none"``) or 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (``"tanh"``).
-    Saves the input."""
-    if approximate not in ("none", "tanh"):
-        raise ValueError(f"approximate must be 'none' or 'tanh', got {approximate!r}")
-    return _act.apply(input, "gelu" if approximate == "none" else "gelu_tanh", 0.0, False)
-
-
 def prelu(input: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """x if x > 0 else weight[c] * x, c the channel (dim 1), or one weight for all.
-    Saves the input and the weight."""
     return _prelu.apply(input, weight)
+
+
+def _functional(name: str, cls: type[nn.Module]) -> Callable[..., torch.Tensor]:
+    """``cls``'s forward as a function of the input and the constructor's arguments."""
+    rows = ROWS[cls.__bases__[0]]
+    if rows[0].per_channel:
+        fn = prelu
+    else:
+        signature = inspect.signature(cls)
+        input = inspect.Parameter("input", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=torch.Tensor)
+
+        def fn(input: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            return cls.forward(SimpleNamespace(**bound.arguments), input)
+
+        fn.__signature__ = signature.replace(
+            parameters=[input, *signature.parameters.values()], return_annotation=torch.Tensor
+        )
+    fn.__name__ = fn.__qualname__ = name
+    fn.__doc__ = f"{' or '.join(row.formula for row in rows)}. Backward saves {_saves(rows)}."
+    return fn
+
+
+globals().update({name: _functional(name, cls) for name, cls in ACTIVATIONS.items()})  # silu, mish, ...
+
+__all__ = list(ACTIVATIONS)

@@ -1,9 +1,16 @@
-"""Float64 references and an ulp-based comparison shared by the kernel tests."""
+"""Float64 references and an ulp-based comparison shared by the kernel tests, each activation's
+test case, and how the tests build its module."""
+
+import inspect
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-# name -> (our functional call, torch's, alpha). Our call takes (x, alpha).
+from rtdetr_fused.activations import TABLE
+
+# Each activation's test case: name -> (our functional call, torch's); variants after. Every row of
+# activations.TABLE has one (PReLU's, with its weight, are in test_prelu.py).
 CASES = {
     "silu": (lambda f, x: f.silu(x), F.silu),
     "mish": (lambda f, x: f.mish(x), F.mish),
@@ -20,6 +27,33 @@ CASES = {
     "leaky_relu_bitmask": (lambda f, x: f.leaky_relu(x, 0.2, bitmask=True), lambda x: F.leaky_relu(x, 0.2)),
     "leaky_relu_neg_bitmask": (lambda f, x: f.leaky_relu(x, -0.3, bitmask=True), lambda x: F.leaky_relu(x, -0.3)),
 }
+
+INPLACE = [
+    case
+    for case in CASES
+    if not case.endswith("bitmask")
+    and "inplace" in inspect.signature(TABLE[case.removesuffix("_neg")].torch_nn).parameters
+]
+"""The cases whose module has an in-place form."""
+
+
+def module_kwargs(name: str, channels: int) -> dict:
+    """Arguments of the module of row ``name`` in the tests: the row's ``when``, a scalar parameter
+    of 0.25 (exact in float32, as the kernels' constexpr slope is), one weight per channel."""
+    row, kwargs = TABLE[name], dict(TABLE[name].when)
+    if row.per_channel:
+        kwargs["num_parameters"] = channels
+    elif row.alpha:
+        kwargs[row.alpha] = 0.25
+    return kwargs
+
+
+def torch_module(name: str, channels: int) -> nn.Module:
+    """torch.nn's module of row ``name`` (``module_kwargs``); "identity": BatchNorm alone."""
+    if name == "identity":
+        return nn.Identity()
+    return TABLE[name].torch_nn(**module_kwargs(name, channels))
+
 
 # Largest distance, in representable values of the output dtype, from the float64 result
 # rounded to that dtype. fp16/bf16: one step (bf16 stores truncate in the interpreter).

@@ -9,15 +9,15 @@ from functools import partial
 import pytest
 import torch
 import torch.autograd.forward_ad as fwAD
-from reference import CASES
+from reference import CASES, INPLACE, module_kwargs
 from torch import nn
 from torch.func import functional_call, grad, jacrev, jvp, vmap
 
 import rtdetr_fused.functional as RF
 from rtdetr_fused import get_activation
+from rtdetr_fused.activations import TABLE
 from rtdetr_fused.bn_act import BatchNormAct2d, batch_norm_act
 from rtdetr_fused.modules import TORCH_NN
-from rtdetr_fused.ops.bn_act import NAMES
 from rtdetr_fused.recompute import consume
 
 SHAPE = (2, 3, 2, 3)
@@ -43,9 +43,6 @@ def test_gradgradcheck_activation(name):
     assert torch.autograd.gradgradcheck(lambda t: ours(RF, t), (_x(),))
 
 
-INPLACE = [n for n in CASES if not n.startswith("gelu") and not n.endswith("bitmask")]
-
-
 @pytest.mark.parametrize("name", INPLACE)
 def test_gradgradcheck_inplace(name):
     fn = getattr(RF, name.removesuffix("_neg"))
@@ -68,7 +65,7 @@ def _bn_inputs(act: str):
 
 
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
-@pytest.mark.parametrize("act", NAMES)
+@pytest.mark.parametrize("act", [*TABLE, "identity"])
 def test_gradgradcheck_bn_act(act, training):
     weight, bias, act_weight = _bn_inputs(act)
     mean = torch.linspace(-0.3, 0.3, SHAPE[1], dtype=torch.float64)
@@ -120,18 +117,7 @@ def test_first_order_backward_output_does_not_require_grad():
 
 # --- torch.func and forward-mode AD against torch.nn -------------------------------------------
 
-MODULES = {
-    "silu": {},
-    "mish": {},
-    "hardswish": {},
-    "leaky_relu": {"negative_slope": 0.25},  # exact in float32, as the BatchNorm kernel's slope is
-    "relu6": {},
-    "relu": {},
-    "gelu": {},
-    "gelu_tanh": {"approximate": "tanh"},
-    "prelu": {"num_parameters": SHAPE[1], "init": 0.2},
-    "relu_bitmask": {"bitmask": True},
-}
+MODULES = {name: module_kwargs(name, SHAPE[1]) for name in TABLE} | {"relu_bitmask": {"bitmask": True}}
 
 
 def _pair(config: str) -> tuple[nn.Module, nn.Module]:

@@ -214,7 +214,7 @@ def test_to_torch_nn_twin_has_torch_classes():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--activations", "swish"], "unknown value 'swish'"),
+        (["--activations", "elu"], "unknown value 'elu'"),
         (["--dtypes", "int8"], "unknown value 'int8'"),
         (["--providers", "tensorrt"], "unknown value 'tensorrt'"),
         (["--sections", "everything"], "unknown value 'everything'"),

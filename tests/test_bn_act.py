@@ -3,28 +3,22 @@ outputs, every gradient, running statistics, every BatchNorm option, layouts and
 poisoned kernel outputs, determinism, bad input, and what backward keeps in memory."""
 
 import copy
+import functools
 
 import pytest
 import torch
 import torch.nn.functional as F
+from reference import torch_module
 from rtdetr_fused.kernels import bn_act as K
 from test_activations import _randn
 from torch import nn
 
+from rtdetr_fused.activations import TABLE
 from rtdetr_fused.bn_act import BatchNormAct2d, activation_spec, batch_norm_act
 
-ACTS = {
-    "silu": lambda c: nn.SiLU(),
-    "mish": lambda c: nn.Mish(),
-    "hardswish": lambda c: nn.Hardswish(),
-    "leaky_relu": lambda c: nn.LeakyReLU(0.25),  # exact in float32, as the constexpr slope is
-    "relu6": lambda c: nn.ReLU6(),
-    "relu": lambda c: nn.ReLU(),
-    "gelu": lambda c: nn.GELU(),
-    "gelu_tanh": lambda c: nn.GELU("tanh"),
-    "prelu": lambda c: nn.PReLU(c),
-    "identity": lambda c: nn.Identity(),  # BatchNorm alone (fuse_bn="recompute" fuses it)
-}
+ACTS = {name: functools.partial(torch_module, name) for name in (*TABLE, "identity")}
+"""Every activation BatchNormAct2d runs, as a torch.nn module of C channels; identity: BatchNorm
+alone (fuse_bn="recompute" fuses it)."""
 TOL = {torch.float64: 1e-9, torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 5e-2}
 
 
@@ -337,6 +331,33 @@ def test_rejects_bad_input():
         batch_norm_act(torch.randn(2, 3, 4, 5), None, None, training=True, act="tanh")
     with pytest.raises(ValueError, match="not supported"):
         BatchNormAct2d(3, act=nn.Tanh())
+
+
+def _raised(fn) -> Exception:
+    with pytest.raises(Exception) as info:
+        fn()
+    return info.value
+
+
+@pytest.mark.parametrize(
+    "misuse",
+    [
+        lambda f: f(torch.ones(2, 3, 4, 5, dtype=torch.int64), None, None, training=True),
+        lambda f: f(torch.randn(2, 3, 4, 5), torch.zeros(4), torch.ones(4), training=True),
+        lambda f: f(torch.randn(2, 3, 4, 5), None, None, torch.ones(4), training=True),
+        lambda f: f(torch.randn(2, 3, 4, 5), None, None, torch.ones(3, dtype=torch.int64), training=True),
+        lambda f: f(torch.randn(2, 3, 4, 5), torch.zeros(3), None, training=True),
+        lambda f: f(torch.randn(2, 3, 4, 5), None, None, training=False),
+        lambda f: f(torch.randn(2, 3, 4, 5), torch.zeros(3, device="meta"), torch.ones(3, device="meta")),
+        lambda f: f(torch.randn(1, 3, 1, 1), None, None, training=True),
+    ],
+    ids=["int input", "stats size", "weight size", "int weight", "one stat", "eval no stats", "device", "one value"],
+)
+def test_errors_are_torchs_types(misuse):
+    """Where F.batch_norm raises for a misuse, ours raises a subclass of its exception's type
+    (code that catches torch's catches ours), with a message that names the argument."""
+    theirs, ours = _raised(lambda: misuse(F.batch_norm)), _raised(lambda: misuse(batch_norm_act))
+    assert isinstance(ours, type(theirs)), (type(ours).__mro__, type(theirs))
 
 
 # --- memory kept for backward ------------------------------------------------------------------

@@ -58,7 +58,7 @@ def test_help_shows_examples_and_every_choice(tmp_path):
         ),
         (["info", "model=nope.yaml"], "model=nope.yaml: 'nope.yaml' does not exist"),
         (["train", "model=yolo11n.yaml", "epoch=3"], "epoch is not a train argument"),
-        (["train", "model=yolo11n.yaml", "act=swish"], "act=swish is not an activation; choose from silu, mish"),
+        (["train", "model=yolo11n.yaml", "act=elu"], "act=elu is not an activation; choose from silu, mish"),
     ],
 )
 def test_errors_are_one_line_exit_2_and_write_nothing(tmp_path, args, message):
@@ -162,7 +162,7 @@ def test_setup_says_what_it_installs():
     show progress: the same commands otherwise."""
     from pathlib import Path
 
-    root = Path(U.__file__).parents[2]
+    root = Path(U.__file__).parents[3]
     proc = subprocess.run(
         ["make", "-n", "-B", ".venv/bin/.installed"], cwd=root, capture_output=True, text=True, timeout=60
     )

@@ -42,10 +42,10 @@ def _activation_launches(step, policy) -> dict:
     in-place ReLU6 on a non-leaf: two launches with the tensors, grid and constexprs the
     kernels expect."""
     import torch
-    from rtdetr_fused.kernels.formulas import FORMULAS
+    from rtdetr_fused.kernels.formulas import pair
 
     from rtdetr_fused import ACTIVATIONS
-    from rtdetr_fused.ops.activation import SPECS
+    from rtdetr_fused.activations import TABLE
 
     policy.NATIVE_BELOW = 0
     seen = {}
@@ -63,15 +63,15 @@ def _activation_launches(step, policy) -> dict:
                 assert _same(bwd.args["x_ptr"], x) and (fwd.args["B"], fwd.args["C"]) == (32 * 33, 16)
             else:
                 assert bwd.grid == grid and bwd.args["BLOCK"] == block and fwd.args["n"] == bwd.args["n"] == x.numel()
-                assert fwd.args["FN"] is FORMULAS[name][0] and bwd.args["FN"] is FORMULAS[name][1]
+                assert fwd.args["FN"] is pair(name)[0] and bwd.args["FN"] is pair(name)[1]
                 assert fwd.args["ALPHA"] == bwd.args["ALPHA"] == (0.01 if name == "leaky_relu" else 0.0)
-                assert _same(bwd.args["s_ptr"], y if SPECS[name].saves_output(0.01) else x), name
+                assert _same(bwd.args["s_ptr"], y if TABLE[name].saves_output(0.01) else x), name
             seen[f"{name} {dtype}"] = [fwd.kernel, bwd.kernel]
     x = torch.randn(2, 16, 32, 33)
     y, g, grads, (fwd, bwd) = step(ACTIVATIONS["relu"](bitmask=True), x)
     n, bits = x.numel(), fwd.args["m_ptr"]
     assert bits.dtype == torch.uint8 and bits.numel() == _cdiv(n, 8) and _same(bwd.args["m_ptr"], bits)
-    assert (fwd.args["FN"], fwd.args["DERIV"]) == FORMULAS["relu"] and fwd.args["FROM_OUTPUT"] is True
+    assert (fwd.args["FN"], fwd.args["DERIV"]) == pair("relu") and fwd.args["FROM_OUTPUT"] is True
     assert _same(fwd.args["y_ptr"], y) and _same(bwd.args["g_ptr"], g) and _same(bwd.args["dx_ptr"], grads[0])
     seen["relu bitmask"] = [fwd.kernel, bwd.kernel]
     y, g, grads, (fwd, bwd) = step(ACTIVATIONS["relu6"](inplace=True), x, clone=True)
@@ -84,7 +84,7 @@ def _bn_act_launches(step) -> dict:
     """BatchNormAct2d: one program per channel up to 16384 elements per channel (train and
     eval), the split reduction above."""
     import torch
-    from rtdetr_fused.kernels.formulas import FORMULAS
+    from rtdetr_fused.kernels.formulas import pair
 
     from rtdetr_fused import BatchNormAct2d
 
@@ -103,7 +103,7 @@ def _bn_act_launches(step) -> dict:
         seen[label] = [launch.kernel for launch in launched]
         for launch in launched:
             if "FN" in launch.args:
-                assert launch.args["FN"] is FORMULAS["silu"]["backward" in launch.kernel], (label, launch.kernel)
+                assert launch.args["FN"] is pair("silu")["backward" in launch.kernel], (label, launch.kernel)
             if "x_ptr" in launch.args:
                 assert _same(launch.args["x_ptr"], x), (label, launch.kernel)
         first, last = launched[0], launched[-1]
@@ -137,9 +137,9 @@ def _launch_cache(launches) -> list:
     import triton.compiler
     from rtdetr_fused.kernels import launch as L
     from rtdetr_fused.kernels import pointwise
-    from rtdetr_fused.kernels.formulas import FORMULAS
+    from rtdetr_fused.kernels.formulas import pair
 
-    kernel, fn = pointwise._forward_kernel, FORMULAS["silu"][0]
+    kernel, fn = pointwise._forward_kernel, pair("silu")[0]
     stub, compiles, ran = triton.compiler.compile, [], []
 
     def counting(src, *args, **kwargs):

@@ -67,7 +67,25 @@ def test_get_activation():
     assert isinstance(get_activation("Leaky-ReLU", negative_slope=0.2), rtdetr_fused.LeakyReLU)
     assert get_activation("prelu", num_parameters=8).weight.shape == (8,)
     with pytest.raises(ValueError, match="silu, mish"):
-        get_activation("swish")
+        get_activation("elu")
+
+
+@pytest.mark.parametrize(
+    "alias, cls, kwargs",
+    [
+        ("swish", "SiLU", {}),
+        ("hard_swish", "Hardswish", {}),
+        ("leakyrelu", "LeakyReLU", {"negative_slope": 0.01}),
+        ("ReLU6", "ReLU6", {}),
+        ("gelu_tanh", "GELU", {"approximate": "tanh"}),
+        ("GELU", "GELU", {"approximate": "none"}),
+    ],
+)
+def test_get_activation_aliases(alias, cls, kwargs):
+    """timm's names and torch.nn's class names, as timm's ``create_act`` takes them."""
+    module = get_activation(alias)
+    assert type(module) is getattr(rtdetr_fused, cls)
+    assert all(getattr(module, k) == v for k, v in kwargs.items())
 
 
 def test_import_is_light():

@@ -109,6 +109,23 @@ def test_rejects_bad_weight():
         RF.prelu(torch.randn(5), torch.rand(5))
 
 
+@pytest.mark.parametrize(
+    "x, weight",
+    [
+        (torch.randn(2, 3, 4), torch.rand(4)),
+        (torch.randn(2, 3, 4), torch.rand(3, device="meta")),
+        (torch.randn(2, 3, 4), torch.ones(3, dtype=torch.int64)),
+    ],
+    ids=["count", "device", "int weight"],
+)
+def test_errors_are_torchs_types(x, weight):
+    """Where torch.prelu raises, ours raises a subclass of its exception's type."""
+    with pytest.raises(Exception) as theirs:
+        torch.prelu(x, weight)
+    with pytest.raises(type(theirs.value), match="weight"):
+        RF.prelu(x, weight)
+
+
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.bool])
 def test_non_float_input_as_torch(dtype):
     """An integer or bool input gets torch.prelu's result or its exception type."""

@@ -15,6 +15,7 @@ pytest.importorskip("ultralytics")
 import rtdetr_fused.integrations.ultralytics as U  # noqa: E402
 from rtdetr_fused import GELU, Hardswish, LeakyReLU, Mish, PReLU, ReLU  # noqa: E402
 from rtdetr_fused.cli import main  # noqa: E402
+from rtdetr_fused.integrations.ultralytics.sites import _sites  # noqa: E402
 from rtdetr_fused.ops.common import interpreting  # noqa: E402
 
 
@@ -58,7 +59,7 @@ def test_patch_reaches_every_default_act_site_of_rtdetr(pytorch_path):
         model = RTDETR("rtdetr-l.yaml")
     # 12 Conv + 12 RepConv SiLU sites; HGNetv2's explicit nn.ReLU and AIFI's GELU are not default_act sites.
     assert U.activation_sites(model) == {"nn.ReLU": 67, "rtdetr_fused.Mish": 24, "nn.GELU": 1}
-    mish = [m for _, _, m in U._sites(model) if type(m) is Mish]
+    mish = [m for _, _, m in _sites(model) if type(m) is Mish]
     assert len({id(m) for m in mish}) == 24, "one instance per layer"
     repconvs = [m for m in model.modules() if isinstance(m, RepConv)]
     assert len(repconvs) == 12 and all(type(m.act) is Mish for m in repconvs)
@@ -113,7 +114,7 @@ def test_replace_all_on_rtdetr_matches_torch_nn(pytorch_path):
         ("nn.GELU", "rtdetr_fused.PReLU"): 1,
     }
     assert U.activation_sites(model) == {"rtdetr_fused.PReLU": 92}
-    sized = {(type(parent).__name__, m.num_parameters > 1) for parent, _, m in U._sites(model) if type(m) is PReLU}
+    sized = {(type(parent).__name__, m.num_parameters > 1) for parent, _, m in _sites(model) if type(m) is PReLU}
     assert ("Conv", True) in sized and ("RepConv", True) in sized
     assert ("AIFI", False) in sized, "tokens keep their features last: one PReLU weight"
     net = model.model.train()
@@ -221,10 +222,10 @@ def test_onnx_export_matches_pytorch(pytorch_path, tmp_path, monkeypatch):
 
 
 def test_bad_input():
-    with pytest.raises(ValueError, match="unknown activation 'swish'"):
-        U.patch_ultralytics("swish")
+    with pytest.raises(ValueError, match="unknown activation 'elu'"):
+        U.patch_ultralytics("elu")
     with pytest.raises(ValueError, match="unknown activation"):
-        U.replace_activations(nn.SiLU(), "swish")
+        U.replace_activations(nn.SiLU(), "elu")
     with pytest.raises(TypeError, match="negative_slope"):
         U.patch_ultralytics("mish", negative_slope=0.1)
     with pytest.raises(ValueError, match=r"targets \['Swish'\] name no activation type"):

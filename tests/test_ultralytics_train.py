@@ -245,7 +245,7 @@ def test_fuse_bn_recompute_through_the_cli_into_dot_runs(run, tmp_path):
 
     from rtdetr_fused.integrations.fuse_bn import FusedConvForward
 
-    checkout_runs = Path(U.__file__).parents[2] / "runs"
+    checkout_runs = Path(U.__file__).parents[3] / "runs"
     before = sorted(checkout_runs.rglob("*")) if checkout_runs.exists() else None
     no_font = "import ultralytics.data.utils as u\nu.check_font = lambda *args, **kwargs: None  # no download"
     args = ["train", "model=yolo11n.yaml", f"data={run['data']}", "epochs=1", "fuse_bn=recompute", *CLI_ARGS]

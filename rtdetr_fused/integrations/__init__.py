@@ -1,5 +1,6 @@
-"""Integrations with training frameworks, one module each.
+"""Integrations with training frameworks.
 
-``rtdetr_fused.integrations.ultralytics`` swaps the fused activations into Ultralytics models; it imports
-ultralytics only when one of its functions runs, so importing this package costs nothing.
+``rtdetr_fused.integrations.ultralytics`` (a package, one file per concern) swaps the fused activations into
+Ultralytics models and imports ultralytics only when one of its functions runs; ``fuse_bn`` runs their Conv
+blocks with BatchNorm and activation fused and never imports it. Importing this package costs nothing.
 """

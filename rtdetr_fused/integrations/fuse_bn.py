@@ -22,26 +22,65 @@ Ultralytics is never imported:
   neither its padded maps nor its concatenation; and RT-DETR's decoder MLP heads and
   feed-forward layers (``forward_ffn``) recompute their activations' outputs in backward.
 
+Each fused forward names the upstream method it re-implements (``upstream``: the method whose
+``is`` check above decides where it applies), the releases that method was checked against and a
+fingerprint of its source; ``tests/test_upstream.py`` fails when the installed source differs.
+
 Recomputing is ``rtdetr_fused.recompute``: a fused output is tagged with its recipe, and each op
 reading one runs through ``recompute.consume``, whose saved-tensor hooks keep the recipe instead.
 The hooks are entered around that op alone (PyTorch's own ``nn.Conv2d``, ``nn.Linear``, our max
 pool and activations), so only what it saves goes through them.
 """
 
+import ast
+import hashlib
 import sys
+import textwrap
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.modules.utils import _pair
 
+from ..activations import TABLE
 from ..bn_act import activation_spec, batch_norm_act_module
 from ..cat_conv import cat_conv2d
 from ..max_pool import max_pool2d
 from ..modules import TORCH_NN
-from ..ops.activation import SPECS
 from ..ops.common import exporting
 from ..recompute import consume, eager_autograd, tag
+
+ULTRALYTICS = "ultralytics>=8.4.190,<8.5"
+"""The Ultralytics releases the copied methods below were checked against, as setup.py's ``extras_require``
+says: the test suite passes on 8.4.190 (not on 8.4.0: site counts, ``runs_dir``); the fingerprints hold from
+8.3.237, when ``MLP.forward`` took its current form, to 8.4.190."""
+TORCH = "torch==2.14.1"
+"""The torch release ``nn.MaxPool2d.forward`` was checked against."""
+
+
+class Upstream(NamedTuple):
+    """The method a fused forward re-implements: ``<module>.<cls>.<method>`` (``method`` the forward's),
+    checked against the releases ``checked`` (a requirement), whose source has ``fingerprint``."""
+
+    module: str
+    cls: str
+    checked: str
+    fingerprint: str
+
+
+def source_fingerprint(source: str) -> str:
+    """A hash of a function's source as Python reads it: formatting, comments, its docstring and its type
+    annotations left out (``ast.unparse`` of the rest), so that only a change of what it does changes it."""
+    node = ast.parse(textwrap.dedent(source)).body[0]
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        node.body = node.body[1:] or [ast.Pass()]
+    node.returns = None
+    for arg in ast.walk(node.args):
+        if isinstance(arg, ast.arg):
+            arg.annotation = None
+    return hashlib.sha256(ast.unparse(node).encode()).hexdigest()[:16]
 
 
 class _FusedForward:
@@ -53,6 +92,19 @@ class _FusedForward:
 
     recompute = False  # what forwards pickled before the option unpickle with
     method = "forward"
+    upstream: Upstream  # the method this re-implements, next to each copy
+
+    @classmethod
+    def upstream_method(cls):
+        """The upstream ``method``, if its module is loaded (a model of it exists only then)."""
+        up = cls.upstream
+        return getattr(getattr(sys.modules.get(up.module), up.cls, None), cls.method, None)
+
+    @classmethod
+    def runs_upstream(cls, module: nn.Module) -> bool:
+        """Whether ``module``'s class runs the upstream method (not an override of it)."""
+        method = cls.upstream_method()
+        return method is not None and getattr(type(module), cls.method, None) is method
 
     def __init__(self, block: nn.Module, recompute: bool = False) -> None:
         self.block = block
@@ -76,6 +128,8 @@ class FusedConvForward(_FusedForward):
     activation (``nn.Identity``) get this forward too: their fused BatchNorm's output is
     recomputed like the others (without recompute, fusing it would save nothing)."""
 
+    upstream = Upstream("ultralytics.nn.modules.conv", "Conv", ULTRALYTICS, "228765c0e764a2f4")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
         y = consume(block.conv, x) if self.recompute else block.conv(x)
@@ -89,6 +143,8 @@ class FusedHGBlockForward(_FusedForward):
     BatchNorm+activation fused (eager when ``act`` is unsupported). Without autograd, under
     export, or once ``model.fuse()`` has folded ``sc.bn``, the class's own forward runs: there
     is nothing to save."""
+
+    upstream = Upstream("ultralytics.nn.modules.block", "HGBlock", ULTRALYTICS, "19a4c5b0c14c8544")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
@@ -107,6 +163,8 @@ class FusedRepConvForward(_FusedForward):
     the activation keeps the branches' conv outputs instead of the sum, and the output is tagged
     too, so the convs reading it (the next RepConv's) recompute it. Otherwise, and without
     autograd, under export or compile, the class's own forward."""
+
+    upstream = Upstream("ultralytics.nn.modules.conv", "RepConv", ULTRALYTICS, "a4e47b6245d4a805")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
@@ -137,6 +195,8 @@ class FusedHGStemForward(_FusedForward):
     convs keep the fused outputs' recipes instead of the padded maps and their concatenation.
     Otherwise, and without autograd, under export or compile, or once ``model.fuse()`` has folded
     ``stem3.bn``, the class's own forward."""
+
+    upstream = Upstream("ultralytics.nn.modules.block", "HGStem", ULTRALYTICS, "2eff762bb974ca3c")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block = self.block
@@ -172,6 +232,8 @@ class FusedMLPForward(_FusedForward):
     ``recompute.consume``, which keeps the activation's input instead. Otherwise the class's own
     forward."""
 
+    upstream = Upstream("ultralytics.nn.modules.transformer", "MLP", ULTRALYTICS, "67bdb9cdef6f18c0")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         mlp = self.block
         if not self.recomputing():
@@ -193,6 +255,9 @@ class FusedFFNForward(_FusedForward):
     the class's own."""
 
     method = "forward_ffn"
+    upstream = Upstream(
+        "ultralytics.nn.modules.transformer", "DeformableTransformerDecoderLayer", ULTRALYTICS, "d1a3c52be67d2598"
+    )
 
     def __call__(self, tgt: torch.Tensor) -> torch.Tensor:
         layer = self.block
@@ -213,7 +278,7 @@ def _tagged_act(act: nn.Module, x: torch.Tensor) -> torch.Tensor:
         and spec is not None
         and not getattr(act, "inplace", False)
         and not getattr(act, "bitmask", False)
-        and (spec[0] == "prelu" or not SPECS[spec[0]].saves_output(spec[1]))
+        and not TABLE[spec[0]].saves_output(spec[1])
     )
     if keeps_input and out.requires_grad:
         tag(out, act, (x,), ())
@@ -226,6 +291,8 @@ class MaxPoolForward(_FusedForward):
     input is saved anyway. With ``recompute`` a tagged input is kept as its recipe
     (``recompute.consume``) and its output is tagged (``F.max_pool2d`` of its input). Without
     autograd or under export, the class's own forward."""
+
+    upstream = Upstream("torch.nn.modules.pooling", "MaxPool2d", TORCH, "632a9cea0b689d5e")
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         pool = self.block
@@ -246,40 +313,27 @@ def _fuses(act: nn.Module, recompute: bool) -> bool:
 
 def _rep_conv(module: nn.Module) -> bool:
     """A RepConv in its training form: two Conv blocks (``model.fuse()`` removes them)."""
-    return type(module).forward is _ultralytics("conv", "RepConv") and all(
+    return FusedRepConvForward.runs_upstream(module) and all(
         _conv_block(getattr(module, name, None)) for name in ("conv1", "conv2")
     )
 
 
-def _over_cat(module: nn.Module, cls: str, child: str) -> bool:
-    """A ``cls`` of Ultralytics' blocks whose Conv block ``child`` (HGBlock's ``sc``, HGStem's
-    ``stem3``) reads a concatenation."""
-    return type(module).forward is _ultralytics("block", cls) and _conv_block(getattr(module, child, None))
+def _over_cat(module: nn.Module, forward: type[_FusedForward], child: str) -> bool:
+    """A block of ``forward``'s upstream class whose Conv block ``child`` (HGBlock's ``sc``,
+    HGStem's ``stem3``) reads a concatenation."""
+    return forward.runs_upstream(module) and _conv_block(getattr(module, child, None))
 
 
 def _mlp(module: nn.Module) -> bool:
-    return type(module).forward is _ultralytics("transformer", "MLP") and isinstance(
-        getattr(module, "act", None), nn.Module
-    )
+    return FusedMLPForward.runs_upstream(module) and isinstance(getattr(module, "act", None), nn.Module)
 
 
 def _decoder_layer(module: nn.Module) -> bool:
-    ffn = _ultralytics("transformer", "DeformableTransformerDecoderLayer", "forward_ffn")
-    return ffn is not None and getattr(type(module), "forward_ffn", None) is ffn
+    return FusedFFNForward.runs_upstream(module)
 
 
 def _stride_one_max_pool(module: nn.Module) -> bool:
-    return (
-        type(module).forward is nn.MaxPool2d.forward
-        and not module.return_indices
-        and tuple(_pair(module.stride)) == (1, 1)
-    )
-
-
-def _ultralytics(module: str, cls: str, method: str = "forward"):
-    """``cls.<method>`` of ``ultralytics.nn.modules.<module>`` if ultralytics is loaded (a model
-    of it exists only then)."""
-    return getattr(getattr(sys.modules.get(f"ultralytics.nn.modules.{module}"), cls, None), method, None)
+    return MaxPoolForward.runs_upstream(module) and not module.return_indices and tuple(_pair(module.stride)) == (1, 1)
 
 
 def _fused(module: nn.Module) -> _FusedForward | None:
@@ -289,11 +343,9 @@ def _fused(module: nn.Module) -> _FusedForward | None:
 
 def _conv_block(module: nn.Module | None) -> bool:
     """A Conv-style block in its training form (``bn`` not folded by ``model.fuse()``)."""
-    conv_forward = _ultralytics("conv", "Conv")
     return (
         isinstance(module, nn.Module)
-        and conv_forward is not None
-        and type(module).forward is conv_forward
+        and FusedConvForward.runs_upstream(module)
         and ("forward" not in vars(module) or _fused(module))
         and isinstance(getattr(module, "conv", None), nn.Module)
         and isinstance(getattr(module, "bn", None), nn.BatchNorm2d)
@@ -303,10 +355,10 @@ def _conv_block(module: nn.Module | None) -> bool:
 
 FORWARDS = {
     FusedConvForward: lambda m, recompute: _conv_block(m) and _fuses(m.act, recompute),
-    FusedHGBlockForward: lambda m, recompute: _over_cat(m, "HGBlock", "sc"),
+    FusedHGBlockForward: lambda m, recompute: _over_cat(m, FusedHGBlockForward, "sc"),
     MaxPoolForward: lambda m, recompute: _stride_one_max_pool(m),
     FusedRepConvForward: lambda m, recompute: recompute and _rep_conv(m),
-    FusedHGStemForward: lambda m, recompute: recompute and _over_cat(m, "HGStem", "stem3"),
+    FusedHGStemForward: lambda m, recompute: recompute and _over_cat(m, FusedHGStemForward, "stem3"),
     FusedMLPForward: lambda m, recompute: recompute and _mlp(m),
     FusedFFNForward: lambda m, recompute: recompute and _decoder_layer(m),
 }

@@ -1,6 +1,6 @@
 """Elementwise activations: the eager autograd Functions (``Act``, ``ActMask``, ``InplaceAct``)
 and, for torch.compile, the custom ops ``rtdetr_fused::act`` (``act_`` in place, ``act_mask``
-with one bit per element) with their backward ops, one op for every row of ``SPECS``.
+with one bit per element) with their backward ops, for every row of ``activations.TABLE``.
 
 The Triton kernels of ``rtdetr_fused.kernels.pointwise`` run on CUDA tensors (and CPU tensors
 under the interpreter or ``testing.stub_launches``); other CPU tensors compute with the
@@ -14,65 +14,13 @@ the entry point runs the PyTorch reference, which has every formula.
 """
 
 import functools
-from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
 import torch.autograd.forward_ad as _forward_ad
-import torch.nn.functional as F
 
+from ..activations import TABLE
 from . import policy
 from .common import FLOAT_DTYPES, compiling, dense, exporting, is_dense, like, on_kernels, with_strides
-
-aten = torch.ops.aten
-
-
-@dataclass(frozen=True)
-class ActSpec:
-    """One activation: PyTorch's reference forward and backward, and what backward needs.
-
-    ``saves_output(alpha)`` is True where the derivative can be read off the output, which
-    is then saved instead of the input: an interior Conv -> act -> Conv block keeps one
-    tensor (shared with the next conv) instead of two, and in-place needs no clone.
-    """
-
-    reference: Callable[[torch.Tensor, float], torch.Tensor]
-    reference_backward: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor]
-    saves_output: Callable[[float], bool] = lambda alpha: False
-    torch_saves_output: bool = False
-    """What PyTorch's own op saves: where it saves what ours does, ``policy.native`` may run it."""
-    torch_as_fast: bool = False
-    """PyTorch's own kernels run as fast as ours on the device (H200, 2026-11-30): ours can win
-    only where the device, not the host, sets the pace (``policy.native``)."""
-
-
-SPECS: dict[str, ActSpec] = {
-    "silu": ActSpec(lambda x, a: F.silu(x), lambda x, g, a: aten.silu_backward(g, x), torch_as_fast=True),
-    "mish": ActSpec(lambda x, a: F.mish(x), lambda x, g, a: aten.mish_backward(g, x)),
-    "hardswish": ActSpec(
-        lambda x, a: F.hardswish(x), lambda x, g, a: aten.hardswish_backward(g, x), torch_as_fast=True
-    ),
-    "leaky_relu": ActSpec(
-        lambda x, a: F.leaky_relu(x, a),
-        # The saved tensor has the input's sign (output when alpha >= 0, else input).
-        lambda s, g, a: aten.leaky_relu_backward(g, s, a, False),
-        lambda a: a >= 0,
-    ),
-    "relu6": ActSpec(lambda x, a: F.relu6(x), lambda y, g, a: aten.hardtanh_backward(g, y, 0.0, 6.0), lambda a: True),
-    "relu": ActSpec(
-        lambda x, a: F.relu(x),
-        lambda y, g, a: aten.threshold_backward(g, y, 0),
-        lambda a: True,
-        torch_saves_output=True,
-        torch_as_fast=True,
-    ),
-    "gelu": ActSpec(lambda x, a: F.gelu(x), lambda x, g, a: aten.gelu_backward(g, x), torch_as_fast=True),
-    "gelu_tanh": ActSpec(
-        lambda x, a: F.gelu(x, approximate="tanh"),
-        lambda x, g, a: aten.gelu_backward(g, x, approximate="tanh"),
-        torch_as_fast=True,
-    ),
-}
 
 
 @functools.cache
@@ -98,7 +46,7 @@ def _act_triton(x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
 
 
 def _act(x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
-    return _act_triton(x, name, alpha) if on_kernels(x) else SPECS[name].reference(x, alpha)
+    return _act_triton(x, name, alpha) if on_kernels(x) else TABLE[name].reference(x, alpha)
 
 
 act = torch.library.custom_op("rtdetr_fused::act", _act_triton, mutates_args=(), device_types="cuda")
@@ -127,7 +75,7 @@ def _act_backward_triton(saved: torch.Tensor, grad: torch.Tensor, name: str, alp
 def _act_backward(saved: torch.Tensor, grad: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
     if on_kernels(saved):
         return _act_backward_triton(saved, grad, name, alpha)
-    return like(SPECS[name].reference_backward(saved, grad, alpha), saved)
+    return like(TABLE[name].reference_backward(saved, grad, alpha), saved)
 
 
 act_backward = torch.library.custom_op(
@@ -148,22 +96,22 @@ def _backward_graph(saved: torch.Tensor, grad: torch.Tensor, name: str, alpha: f
     output is saved the derivative is piecewise constant (its own derivative zero), so the
     reference backward of the detached output is exact; else the reference forward at the saved
     input is differentiated (aten's ``silu_backward`` and ``mish_backward`` have no formula)."""
-    spec = SPECS[name]
-    if spec.saves_output(alpha):
-        return spec.reference_backward(saved.detach(), grad, alpha)
+    row = TABLE[name]
+    if row.saves_output(alpha):
+        return row.reference_backward(saved.detach(), grad, alpha)
     x = saved if saved.requires_grad else saved.detach().requires_grad_()
-    (grad_x,) = torch.autograd.grad(spec.reference(x, alpha), x, grad, create_graph=True)
+    (grad_x,) = torch.autograd.grad(row.reference(x, alpha), x, grad, create_graph=True)
     return grad_x
 
 
 def _setup_context(ctx, inputs, output) -> None:
     x, name, alpha = inputs
     ctx.name, ctx.alpha = name, alpha
-    ctx.save_for_backward(output if SPECS[name].saves_output(alpha) else x)
+    ctx.save_for_backward(output if TABLE[name].saves_output(alpha) else x)
 
 
 class Act(torch.autograd.Function):
-    """``act(x)`` out of place; backward saves the output where ``SPECS`` says its derivative can
+    """``act(x)`` out of place; backward saves the output where the row says its derivative can
     be read off it, else the input. (``forward`` takes ``ctx``: a Function with a
     ``setup_context`` method costs 20 us more per call, torch 2.14 binding its arguments with
     ``inspect.signature`` on every ``apply``.)"""
@@ -192,16 +140,13 @@ act.register_autograd(_compiled_backward, setup_context=_setup_context)
 
 # --- act_mask: backward from one bit per element -----------------------------------------------
 
-MASKABLE = ("relu", "relu6", "leaky_relu")
-"""Activations whose derivative takes two values, 1 or ``alpha``, so one bit holds it."""
-
 
 def _act_mask_triton(x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     x = dense(x)
     out = torch.empty_like(x)
     bits = torch.empty((x.numel() + 7) // 8, dtype=torch.uint8, device=x.device)
     if x.numel():
-        _kernels().mask_forward(x, out, bits, name, alpha, SPECS[name].saves_output(alpha))
+        _kernels().mask_forward(x, out, bits, name, alpha, TABLE[name].saves_output(alpha))
     return out, bits
 
 
@@ -218,9 +163,9 @@ def _storage_order(t: torch.Tensor) -> torch.Tensor:
 def _act_mask(x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
     if on_kernels(x):
         return _act_mask_triton(x, name, alpha)
-    out = like(SPECS[name].reference(x, alpha), x)
-    saved = out if SPECS[name].saves_output(alpha) else x
-    one = SPECS[name].reference_backward(saved, torch.ones_like(saved), alpha) == 1
+    out = like(TABLE[name].reference(x, alpha), x)
+    saved = out if TABLE[name].saves_output(alpha) else x
+    one = TABLE[name].reference_backward(saved, torch.ones_like(saved), alpha) == 1
     flat = _storage_order(torch.empty_like(out, dtype=torch.bool).copy_(one))
     padded = torch.cat([flat, flat.new_zeros(-flat.numel() % 8)]).view(-1, 8).to(torch.uint8)
     return out, (padded * _BIT_WEIGHTS).sum(1, dtype=torch.uint8)
@@ -282,17 +227,19 @@ def _mask_setup_context(ctx, inputs, output) -> None:
 
 
 class ActMask(torch.autograd.Function):
-    """``(act(x), bits)``: backward reads one bit per element (where the derivative is 1) instead
-    of a tensor."""
+    """``act(x)``; backward reads one bit per element (where the derivative is 1) instead of a
+    tensor. The bits are saved, not returned: an output costs autograd more (the custom op
+    returns them, as an op cannot save)."""
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, name: str, alpha: float) -> tuple[torch.Tensor, torch.Tensor]:
-        output = _act_mask(x, name, alpha)
-        _mask_setup_context(ctx, (x, name, alpha), output)
-        return output
+    def forward(ctx, x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
+        out, bits = _act_mask(x, name, alpha)
+        ctx.stride, ctx.alpha = list(out.stride()), alpha
+        ctx.save_for_backward(bits)
+        return out
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor, _grad_bits: torch.Tensor | None):
+    def backward(ctx, grad: torch.Tensor):
         (bits,) = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph=True
             return _act_mask_backward_reference(bits, grad, ctx.stride, ctx.alpha), None, None
@@ -324,7 +271,7 @@ def _act_inplace(x: torch.Tensor, name: str, alpha: float) -> None:
     if on_kernels(x):
         _act_inplace_triton(x, name, alpha)
     else:
-        x.copy_(SPECS[name].reference(x, alpha))
+        x.copy_(TABLE[name].reference(x, alpha))
 
 
 act_.register_kernel("cpu")(_act_inplace)
@@ -342,7 +289,7 @@ class InplaceAct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: torch.Tensor, name: str, alpha: float) -> torch.Tensor:
-        keep_output = SPECS[name].saves_output(alpha)
+        keep_output = TABLE[name].saves_output(alpha)
         saved = None
         if not keep_output:
             torch._C._set_grad_enabled(True)  # forward runs with grad off; 0.4 us, against 1.1 for enable_grad
@@ -377,23 +324,24 @@ def transformed() -> bool:
 def _reference(x: torch.Tensor, name: str, alpha: float, inplace: bool) -> torch.Tensor:
     """The PyTorch reference; in place as torch.nn's in-place op (a clone is what it saves)."""
     if inplace:
-        return x.copy_(SPECS[name].reference(x.clone(), alpha))
-    return SPECS[name].reference(x, alpha)
+        return x.copy_(TABLE[name].reference(x.clone(), alpha))
+    return TABLE[name].reference(x, alpha)
 
 
 def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False, bitmask: bool = False) -> torch.Tensor:
     """Run activation ``name`` on ``x``; the entry point of ``rtdetr_fused.functional``.
-    ``bitmask``: backward from one bit per element (``MASKABLE`` activations, out of place)."""
+    ``bitmask``: backward from one bit per element (rows with ``bitmask``, out of place)."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"input must be a torch.Tensor, got {type(x).__name__}")
     if x.dtype not in FLOAT_DTYPES:  # integer, bool, complex: what torch.nn.functional does, or its error
         return _reference(x, name, alpha, inplace)
-    if bitmask and name not in MASKABLE:
-        raise ValueError(f"bitmask=True needs a derivative with two values: {', '.join(MASKABLE)}, not {name}")
+    if bitmask and not TABLE[name].bitmask:
+        maskable = ", ".join(row.name for row in TABLE.values() if row.bitmask)
+        raise ValueError(f"bitmask=True needs a derivative with two values: {maskable}, not {name}")
     if bitmask and inplace:
         raise ValueError("bitmask=True works out of place: in place, the output is saved, which costs nothing extra")
     if exporting():
-        return SPECS[name].reference(x, alpha)  # exporters see the standard op
+        return TABLE[name].reference(x, alpha)  # exporters see the standard op
     if transformed():
         return _reference(x, name, alpha, inplace)
     if inplace:
@@ -405,8 +353,8 @@ def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False,
         return act_mask(x, name, alpha)[0] if bitmask else act(x, name, alpha)
     grad = torch.is_grad_enabled() and x.requires_grad
     if bitmask:
-        return ActMask.apply(x, name, alpha)[0] if grad else _act(x, name, alpha)
-    spec = SPECS[name]
-    if policy.native(x, spec.torch_as_fast, spec.saves_output(alpha) == spec.torch_saves_output):
-        return spec.reference(x, alpha)
+        return ActMask.apply(x, name, alpha) if grad else _act(x, name, alpha)
+    row = TABLE[name]
+    if policy.native(x, row.torch_as_fast, row.saves_output(alpha) == row.torch_saves_output):
+        return row.reference(x, alpha)
     return Act.apply(x, name, alpha) if grad else _act(x, name, alpha)

@@ -30,14 +30,17 @@ import functools
 
 import torch
 
+from ..activations import TABLE, Activation
 from ..kernels import accumulate_dtype
-from .activation import SPECS, ActSpec
 from .common import dense, device_programs, like, on_kernels
 
-ACT_SPECS = {**SPECS, "identity": ActSpec(lambda x, a: x, lambda x, g, a: g)}
-"""The elementwise activations' PyTorch references, and identity (BatchNorm alone)."""
-NAMES = (*ACT_SPECS, "prelu")
-"""Activation names ``bn_act`` accepts."""
+IDENTITY = Activation("identity", torch.nn.Identity, "x", lambda x, a: x, lambda x, g, a: g)
+"""BatchNorm alone (``kernels/formulas.py``'s ``identity_fwd`` and ``identity_bwd``)."""
+
+
+def row(name: str) -> Activation:
+    """The activation ``bn_act`` runs after BatchNorm: a row of the table, or ``IDENTITY``."""
+    return IDENTITY if name == "identity" else TABLE[name]
 
 
 @functools.cache
@@ -127,7 +130,7 @@ def _bn_act(x, mean, invstd, weight, bias, act_weight, training, name, alpha) ->
     if on_kernels(x):
         return _bn_act_triton(x, mean, invstd, weight, bias, act_weight, training, name, alpha)
     z = _reference_z(x, mean, invstd, weight, bias)
-    y = torch.prelu(z, act_weight.to(z.dtype)) if name == "prelu" else ACT_SPECS[name].reference(z, alpha)
+    y = row(name).bn_reference(z, alpha, act_weight)
     return like(y.to(x.dtype), x)
 
 
@@ -209,12 +212,12 @@ def _bn_act_backward(x, grad, mean, invstd, weight, bias, act_weight, training, 
         return _bn_act_backward_triton(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha)
     acc = mean.dtype
     z, g = _reference_z(x, mean, invstd, weight, bias), grad.to(acc)
-    if name == "prelu":
+    if row(name).per_channel:
         positive = z > 0
         gz = torch.where(positive, g, _channel_view(act_weight.to(acc)) * g)
         grad_a = torch.where(positive, 0.0, z * g).sum((0, 2, 3)).to(act_weight.dtype)
     else:
-        gz = ACT_SPECS[name].reference_backward(z, g, alpha)  # z has the output's sign and range
+        gz = row(name).reference_backward(z, g, alpha)  # z has the output's sign and range
         grad_a = weight.new_empty(0)
     # BatchNorm's own backward: with this batch's statistics, or (eval) with fixed ones, which it
     # reads as running statistics, 1 / sqrt(var + eps) with var = invstd ** -2 and eps = 0.
@@ -259,10 +262,7 @@ def _grads_graph(ctx, grad: torch.Tensor) -> tuple:
         mean = mean + (m - m.detach())
         invstd = invstd * torch.rsqrt(1 + invstd.square() * (v - v.detach()))
     z = _reference_z(x, mean, invstd, weight, bias)
-    if ctx.name == "prelu":
-        y = torch.prelu(z, act_weight.to(z.dtype))
-    else:
-        y = ACT_SPECS[ctx.name].reference(z, ctx.alpha)
+    y = row(ctx.name).bn_reference(z, ctx.alpha, act_weight)
     inputs, needs = (x, weight, bias, act_weight), (ctx.needs_input_grad[0], *ctx.needs_input_grad[3:6])
     wanted = [t for t, need in zip(inputs, needs) if need]
     grads = iter(torch.autograd.grad(y.to(x.dtype), wanted, grad, create_graph=True, allow_unused=True))

@@ -29,16 +29,26 @@ def on_kernels(x: torch.Tensor) -> bool:
     return x.is_cuda or STUBBED or interpreting()
 
 
+class ArgumentError(ValueError, RuntimeError):
+    """A bad argument where torch raises ``RuntimeError`` for the same misuse (devices, channel
+    counts, missing running statistics): code that catches torch's error catches ours."""
+
+
+class DtypeError(TypeError, NotImplementedError):
+    """An unsupported dtype, where torch raises ``NotImplementedError`` (the input) or
+    ``RuntimeError`` (a parameter; ``NotImplementedError`` is one)."""
+
+
 def check_float(t: torch.Tensor, arg: str) -> None:
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{arg} must be a torch.Tensor, got {type(t).__name__}")
     if t.dtype not in FLOAT_DTYPES:
-        raise TypeError(f"{arg} must be float16, bfloat16, float32 or float64, got {t.dtype}")
+        raise DtypeError(f"{arg} must be float16, bfloat16, float32 or float64, got {t.dtype}")
 
 
 def check_same_device(a: torch.Tensor, b: torch.Tensor, arg_a: str, arg_b: str) -> None:
     if a.device != b.device:
-        raise ValueError(f"{arg_b} is on {b.device} but {arg_a} is on {a.device}")
+        raise ArgumentError(f"{arg_b} is on {b.device} but {arg_a} is on {a.device}")
 
 
 def is_dense(t: torch.Tensor) -> bool:

@@ -2,7 +2,7 @@
 
 For SiLU, Hardswish, ReLU and GELU, PyTorch's kernels run as fast as ours on the H200
 (2026-11-30: SiLU, Hardswish and ReLU at 93-100% of a device-to-device copy, like ours; GELU
-forward at 72% against our 69%) and their backward saves what ours saves (``ActSpec``'s
+forward at 72% against our 69%) and their backward saves what ours saves (the rows'
 ``torch_as_fast`` and ``torch_saves_output``), so ours can only win where the device, not the
 host, sets the pace: when the map is large enough that its forward+backward on the device
 outlasts our host cost. Below that size the native op runs (same results; the same tensor

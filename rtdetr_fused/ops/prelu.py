@@ -16,6 +16,7 @@ from ..kernels import accumulate_dtype
 from .activation import transformed
 from .common import (
     FLOAT_DTYPES,
+    ArgumentError,
     check_float,
     check_same_device,
     compiling,
@@ -159,12 +160,12 @@ def check_weight(x: torch.Tensor, weight: torch.Tensor) -> None:
     if n == 1:
         return
     if x.dim() < 2:
-        raise ValueError(
+        raise ArgumentError(
             f"weight has {n} elements but input of shape {tuple(x.shape)} has no channel dimension "
             "(fewer than 2 dims), as in torch: use one weight"
         )
     if n != x.shape[1]:
-        raise ValueError(
+        raise ArgumentError(
             f"weight has {n} elements but input of shape {tuple(x.shape)} has {x.shape[1]} channels "
             "on dim 1: use one weight, or one per channel"
         )
