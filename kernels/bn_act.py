@@ -548,7 +548,9 @@ def _strips(geo: Geometry, programs: int) -> _Strips:
     return _Strips((fixed, splits), per, splits * a, a, length)
 
 
+@functools.cache
 def _formula(name: str, backward: bool) -> triton.JITFunction:
+    """Activation ``name``'s forward or backward formula, looked up once."""
     return pair(name)[int(backward)]
 
 
@@ -585,13 +587,15 @@ def train_forward(
     """out = act(BN(x)) with ``x``'s batch statistics, returned: mean and 1 / sqrt(var + eps) per
     channel in the accumulation dtype. Updates the running statistics in place when given.
     ``x`` (at least two values per channel) and ``out`` as in ``forward``."""
-    if _channel_blocks(x) is None:  # the split reduction, then the output
+    blocks = _channel_blocks(x)
+    if blocks is None:  # the split reduction, then the output
         mean, invstd = statistics(x, running_mean, running_var, momentum, eps, programs)
         forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha)
     else:
-        c, acc = x.shape[1], accumulate_dtype(x)
-        mean, invstd = torch.empty(c, dtype=acc, device=x.device), torch.empty(c, dtype=acc, device=x.device)
-        forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha, (running_mean, running_var, momentum, eps))
+        c, acc = blocks[1], accumulate_dtype(x)
+        mean, invstd = x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
+        batch = (running_mean, running_var, momentum, eps)
+        _channel_forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha, blocks, *batch)
     return mean, invstd
 
 
@@ -669,19 +673,11 @@ def forward(
     PReLU's, for ``name == "prelu"``). ``batch`` (running mean, running var, momentum, eps),
     where one program per channel runs (``_channel_blocks``): the kernel computes the statistics
     first, and updates the running ones when given."""
+    if blocks := _channel_blocks(x):
+        _channel_forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha, blocks, *(batch or ()))
+        return
     common = dict(FN=_formula(name, False), ALPHA=alpha, PRELU=name == "prelu")
     a = act_weight if act_weight is not None else weight
-    if blocks := _channel_blocks(x):
-        n_a, c, b, block_a, block_b = blocks
-        running_mean, running_var, momentum, eps = batch or (None, None, 0.0, 0.0)
-        update = running_mean is not None
-        launch(
-            _channel_forward_kernel, (c,), x, out, mean, invstd, running_mean if update else mean,
-            running_var if update else invstd, weight, bias, a, n_a, c, b, eps, momentum, int(batch is not None),
-            int(update), BLOCK_A=block_a, BLOCK_B=block_b,
-            **common,
-        )  # fmt: skip
-        return
     geo = geometry(x, x.shape[1], block_size(x.dtype))
     k_blocks = cdiv(geo.cols, geo.block_k)
     launch(
@@ -705,6 +701,33 @@ def forward(
     )
 
 
+def _channel_forward(
+    x: torch.Tensor,
+    out: torch.Tensor,
+    mean: torch.Tensor,
+    invstd: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    act_weight: torch.Tensor | None,
+    name: str,
+    alpha: float,
+    blocks: tuple[int, int, int, int, int],
+    *batch,
+) -> None:
+    """``forward`` by one program per channel (``blocks``: ``_channel_blocks(x)``), from either
+    entry point: one launch, with the statistics computed first when ``batch`` (running mean,
+    running var, momentum, eps) is given."""
+    n_a, c, b, block_a, block_b = blocks
+    running_mean, running_var, momentum, eps = batch or (None, None, 0.0, 0.0)
+    update = running_mean is not None
+    launch(
+        _channel_forward_kernel, (c,), x, out, mean, invstd, running_mean if update else mean,
+        running_var if update else invstd, weight, bias, act_weight if act_weight is not None else weight, n_a, c, b,
+        eps, momentum, int(bool(batch)), int(update), FN=_formula(name, False), ALPHA=alpha, PRELU=name == "prelu",
+        BLOCK_A=block_a, BLOCK_B=block_b,
+    )  # fmt: skip
+
+
 def backward(
     x: torch.Tensor,
     grad: torch.Tensor,
@@ -724,18 +747,18 @@ def backward(
 ) -> None:
     """Write grad_x and the grads of the BN weight and bias and, for PReLU, of ``act_weight``
     (each in its own dtype). ``x``, ``grad`` and ``grad_x`` share strides."""
-    acc = mean.dtype
     prelu = name == "prelu"
     a = act_weight if prelu else weight
-    common = dict(FN=_formula(name, True), ALPHA=alpha, PRELU=prelu)
     if blocks := _channel_blocks(x):
         n_a, c, b, block_a, block_b = blocks
         launch(
             _channel_backward_kernel, (c,), x, grad, grad_x, mean, invstd, weight, bias, a, grad_weight, grad_bias,
-            grad_act_weight if prelu else grad_weight, n_a, c, b, TRAINING=training, BLOCK_A=block_a,
-            BLOCK_B=block_b, **common,
+            grad_act_weight if prelu else grad_weight, n_a, c, b, FN=_formula(name, True), ALPHA=alpha, PRELU=prelu,
+            TRAINING=training, BLOCK_A=block_a, BLOCK_B=block_b,
         )  # fmt: skip
         return
+    acc = mean.dtype
+    common = dict(FN=_formula(name, True), ALPHA=alpha, PRELU=prelu)
     geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels

@@ -132,6 +132,13 @@ def _fused(
     recompute: bool,
 ) -> torch.Tensor:
     """``batch_norm_act`` on checked arguments: C-element contiguous parameters."""
+    if compiling():  # the custom ops, which torch.compile sees; no recompute tag
+        if training:
+            args = (input, running_mean, running_var, weight, bias, act_weight, momentum, eps, act, alpha)
+            return _ops.bn_act_train_compiled(*args)[0]
+        acc = accumulate_dtype(input)
+        mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
+        return _ops.bn_act(input, mean, invstd, weight, bias, act_weight, False, act, alpha)
     grad = torch.is_grad_enabled() and (
         input.requires_grad
         or weight.requires_grad
@@ -140,15 +147,18 @@ def _fused(
     )
     if training:
         args = (input, running_mean, running_var, weight, bias, act_weight, momentum, eps, act, alpha)
-        if compiling():
-            out, mean, invstd = _ops.bn_act_train_compiled(*args)
-        else:
-            out, mean, invstd = (_ops.BatchNormActTrain.apply if grad else _ops._bn_act_train)(*args)
+        if not grad:
+            return _ops._bn_act_train(*args)[0]
+        out = _ops.BatchNormActTrain.apply(*args)
+        if recompute:
+            mean, invstd = out.grad_fn.statistics
     else:
         mean, invstd = _fixed_statistics(running_mean, running_var, eps, accumulate_dtype(input))
         args = (input, mean, invstd, weight, bias, act_weight, False, act, alpha)
-        out = (_ops.bn_act if compiling() else _ops.BatchNormAct.apply if grad else _ops._bn_act)(*args)
-    if recompute and out.requires_grad and not compiling():
+        if not grad:
+            return _ops._bn_act(*args)
+        out = _ops.BatchNormAct.apply(*args)
+    if recompute:
         tag(out, _ops._bn_act, (input, mean, invstd, weight, bias, act_weight), (training, act, alpha))
     return out
 
@@ -163,19 +173,32 @@ def _fixed_statistics(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Eval mode's mean and 1 / sqrt(var + eps) in ``acc``, from the running statistics: worked
     out again only when they change (their version counters), as they do not between eval calls
-    (two PyTorch kernels, and their launches, saved per call)."""
-    if compiling():
-        return running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
-    key = (running_mean._version, running_var._version, eps, acc)
+    (two PyTorch kernels, and their launches, saved per call). Eager mode only."""
     cached = _FIXED.get(id(running_var))
-    if cached is not None and cached[0]() is running_var and cached[1] is running_mean and cached[2:6] == key:
+    if (
+        cached is not None
+        and cached[0]() is running_var
+        and cached[1] is running_mean
+        and cached[2] == running_mean._version
+        and cached[3] == running_var._version
+        and cached[4] == eps
+        and cached[5] == acc
+    ):
         return cached[6], cached[7]
     with torch.no_grad():
         mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
     ident = id(running_var)
     gone = weakref.ref(running_var, lambda _: _FIXED.pop(ident, None))
-    _FIXED[ident] = (gone, running_mean, *key, mean, invstd)
+    _FIXED[ident] = (gone, running_mean, running_mean._version, running_var._version, eps, acc, mean, invstd)
     return mean, invstd
+
+
+_STATE = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _own_channel_vector(t: torch.Tensor, channels: int, input: torch.Tensor) -> bool:
+    """``t`` (PReLU's weight) is C contiguous elements on ``input``'s device: used as it is."""
+    return t.shape == (channels,) and t.is_contiguous() and t.device == input.device
 
 
 def batch_norm_act_module(
@@ -188,32 +211,42 @@ def batch_norm_act_module(
     if spec is None:
         raise ValueError(f"act {type(act).__name__} is not supported; see activation_spec")
     bn._check_input_dim(input)
-    factor = 0.0 if bn.momentum is None else bn.momentum
-    if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-        bn.num_batches_tracked.add_(1)
-        factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-    use_batch_stats = bn.training or (bn.running_mean is None and bn.running_var is None)
-    keep = not bn.training or bn.track_running_stats
-    running_mean, running_var = (bn.running_mean, bn.running_var) if keep else (None, None)
+    try:  # the dicts nn.Module.__getattr__ reads, read directly: 0.3 us a tensor saved
+        params, buffers = bn._parameters, bn._buffers
+        weight, bias, tracked = params["weight"], params["bias"], buffers["num_batches_tracked"]
+        running_mean, running_var = buffers["running_mean"], buffers["running_var"]
+    except KeyError:  # a parametrization, or a hook's plain attribute
+        weight, bias, running_mean, running_var, tracked = (getattr(bn, k) for k in _STATE)
+    training, momentum = bn.training, bn.momentum
+    factor = 0.0 if momentum is None else momentum
+    if training and bn.track_running_stats and tracked is not None:
+        tracked.add_(1)
+        if momentum is None:
+            factor = 1.0 / float(tracked)
+    use_batch_stats = training or (running_mean is None and running_var is None)
+    if training and not bn.track_running_stats:
+        running_mean = running_var = None
     name, alpha, act_weight = spec
-    weight, bias, c = bn.weight, bn.bias, bn.num_features
+    c = bn.num_features
     if (
         weight is None
-        or act_weight is not None
         or exporting()
         or transformed()
         or not input.numel()
         or input.shape[1] != c
         or input.dtype not in FLOAT_DTYPES
+        or (act_weight is not None and not _own_channel_vector(act_weight, c, input))
     ):  # the checks and conversions of the functional form
         args = (running_mean, running_var, weight, bias, use_batch_stats, factor, bn.eps, name, alpha, act_weight)
         return batch_norm_act(input, *args, recompute)
     if use_batch_stats and input.numel() == c:
         raise ValueError(f"Expected more than 1 value per channel when training, got input size {input.shape}")
-    # The module's own C-element parameters and buffers: nothing to check or convert per call.
+    # The module's own C-element parameters and buffers (PReLU's weight one per channel): nothing
+    # to check or convert per call.
     return _fused(
-        input, running_mean, running_var, weight, bias, None, use_batch_stats, factor, bn.eps, name, alpha, recompute
-    )
+        input, running_mean, running_var, weight, bias, act_weight, use_batch_stats, factor, bn.eps, name, alpha,
+        recompute,
+    )  # fmt: skip
 
 
 class BatchNormAct2d(nn.BatchNorm2d):
@@ -245,4 +278,4 @@ class BatchNormAct2d(nn.BatchNorm2d):
             raise ValueError(f"act {type(self.act).__name__} is not supported; see activation_spec")
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return batch_norm_act_module(self, self.act, input)
+        return batch_norm_act_module(self, self._modules["act"], input)  # self.act, without __getattr__

@@ -261,6 +261,54 @@ def test_pytorch_path_without_interpreter(dtype, param_dtype, monkeypatch):
         check(ref.eval(), fused.eval(), x, steps=1)  # gradients through the running statistics
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_pytorch_path_statistics_are_batchnorms_bits(dtype, layout, monkeypatch):
+    """The PyTorch path's training statistics (``batch_norm_update_stats`` and 1 / sqrt(var + eps)
+    in float64) are native_batch_norm's, bit for bit: mean, 1 / std and the running update."""
+    from rtdetr_fused.ops import bn_act as ops
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = _randn((2, 5, 7, 9), dtype, "cpu", 3.0) + 2.0
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    running = [torch.rand(5, dtype=dtype) for _ in range(2)]
+    ref_running = [t.clone() for t in running]
+    mean, invstd = ops._bn_stats_cpu(x, *running, 0.1, 1e-3)
+    _, ref_mean, ref_invstd = torch.native_batch_norm(x, None, None, *ref_running, True, 0.1, 1e-3)
+    for got, want in zip((mean, invstd, *running), (ref_mean, ref_invstd, *ref_running)):
+        assert torch.equal(got, want)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_module_parameters_by_attribute(training, device):
+    """The module reads its parameters and buffers from its dicts; a parametrized weight (a
+    property, not in ``_parameters``) and PReLU's single shared weight take the general path,
+    with the same numbers."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    ref, fused = make("silu", 4, device)
+    for bn in (ref[0], fused):
+        parametrize.register_parametrization(bn, "weight", Doubled())
+    ref.train(training)
+    fused.train(training)
+    x = _randn((2, 4, 3, 5), torch.float64, device)
+    g = _randn(x.shape, torch.float64, device, 1.0)
+    (y, grads), (ref_y, ref_grads) = run(fused, x, g), run(ref, x.cpu(), g.cpu())
+    for got, want in [(y, ref_y), *zip(grads, ref_grads), (fused.running_var, ref[0].running_var)]:
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+    shared = BatchNormAct2d(4, act=nn.PReLU(dtype=torch.float64), dtype=torch.float64)  # one weight for all
+    shared.to(device).train(training)
+    ref = nn.Sequential(nn.BatchNorm2d(4, dtype=torch.float64), nn.PReLU(dtype=torch.float64)).train(training)
+    (y, grads), (ref_y, ref_grads) = run(shared, x, g), run(ref, x.cpu(), g.cpu())
+    for got, want in [(y, ref_y), *zip(grads, ref_grads)]:
+        torch.testing.assert_close(got.cpu(), want, rtol=1e-9, atol=1e-9)
+
+
 def test_state_dict_is_batchnorm2d():
     assert BatchNormAct2d(4, act="relu").state_dict().keys() == nn.BatchNorm2d(4).state_dict().keys()
     prelu = BatchNormAct2d(4, act="prelu", num_parameters=4)
