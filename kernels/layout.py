@@ -41,12 +41,17 @@ def _block_k(k: int, tile: int) -> int:
 def geometry(x: torch.Tensor, channels: int, tile: int) -> Geometry:
     """Geometry of dense ``x`` with ``channels`` channels on dim 1 (1: the whole tensor is one
     channel) and tiles of ``tile`` elements."""
-    n = x.numel()
+    return _geometry(x.numel(), channels, x.stride(1) if channels != 1 else 0, tile)
+
+
+@functools.lru_cache(maxsize=4096)
+def _geometry(n: int, channels: int, b: int, tile: int) -> Geometry:
+    """``geometry`` of a map, worked out once per shape (a model has a few dozen)."""
     if channels == 1:
         r, k, column = 1, n, False
-    elif x.stride(1) == 1:
+    elif b == 1:
         r, k, column = n // channels, channels, True
     else:
-        r, k, column = n // x.stride(1), x.stride(1), False
+        r, k, column = n // b, b, False
     bk = _block_k(k, tile)
     return Geometry(r, k, channels, column, max(1, tile // bk), bk)

@@ -7,13 +7,15 @@ over the negative elements; ``backward`` then adds the partials in a fixed order
 the same bits on every run).
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from . import accumulate_dtype, cdiv
 from .launch import launch
-from .layout import geometry
+from .layout import Geometry, geometry
 from .pointwise import block_size, upcast
 
 
@@ -96,23 +98,26 @@ def forward(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
     launch(_forward_kernel, (cdiv(n, block),), x, weight, out, n, b, c, BLOCK=block)
 
 
-def backward(
-    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, grad_x: torch.Tensor, programs: int
-) -> torch.Tensor:
-    """Write grad_x; return grad_weight (float32, or float64 for float64 input)."""
-    geo = geometry(x, weight.numel(), block_size(x.dtype))
+@functools.lru_cache(maxsize=4096)
+def _backward_plan(geo: Geometry, programs: int) -> tuple[int, int, int, tuple[int, ...]]:
+    """(row programs, column blocks, rows per program, partials' shape) of a geometry, worked out
+    once per map."""
     k_blocks = cdiv(geo.cols, geo.block_k)
     if geo.column:
         # Enough row splits to fill the device, each a whole number of tiles.
         splits = max(1, min(cdiv(geo.rows, geo.block_r), programs // k_blocks))
         per_program = cdiv(cdiv(geo.rows, splits), geo.block_r) * geo.block_r
         splits = cdiv(geo.rows, per_program)
-        partials_shape = (splits, geo.cols)
-        row_programs = splits
-    else:
-        per_program = geo.block_r
-        partials_shape = (k_blocks, geo.rows // geo.channels, geo.channels)
-        row_programs = cdiv(geo.rows, geo.block_r)
+        return splits, k_blocks, per_program, (splits, geo.cols)
+    return cdiv(geo.rows, geo.block_r), k_blocks, geo.block_r, (k_blocks, geo.rows // geo.channels, geo.channels)
+
+
+def backward(
+    x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, grad_x: torch.Tensor, programs: int
+) -> torch.Tensor:
+    """Write grad_x; return grad_weight (float32, or float64 for float64 input)."""
+    geo = geometry(x, weight.numel(), block_size(x.dtype))
+    row_programs, k_blocks, per_program, partials_shape = _backward_plan(geo, programs)
     partials = torch.empty(partials_shape, dtype=accumulate_dtype(x), device=x.device)
     launch(
         _backward_kernel,
