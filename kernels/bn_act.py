@@ -670,13 +670,13 @@ def forward(
 ) -> None:
     """out = act(BN(x)) with the statistics in ``mean`` and ``invstd``; ``x`` and ``out`` dense
     with the same strides, per-channel vectors contiguous with C elements (``act_weight``:
-    PReLU's, for ``name == "prelu"``). ``batch`` (running mean, running var, momentum, eps),
+    PReLU's, a slope per channel, or None). ``batch`` (running mean, running var, momentum, eps),
     where one program per channel runs (``_channel_blocks``): the kernel computes the statistics
     first, and updates the running ones when given."""
     if blocks := _channel_blocks(x):
         _channel_forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha, blocks, *(batch or ()))
         return
-    common = dict(FN=_formula(name, False), ALPHA=alpha, PRELU=name == "prelu")
+    common = dict(FN=_formula(name, False), ALPHA=alpha, PRELU=act_weight is not None)
     a = act_weight if act_weight is not None else weight
     geo = geometry(x, x.shape[1], block_size(x.dtype))
     k_blocks = cdiv(geo.cols, geo.block_k)
@@ -719,11 +719,11 @@ def _channel_forward(
     running var, momentum, eps) is given."""
     n_a, c, b, block_a, block_b = blocks
     running_mean, running_var, momentum, eps = batch or (None, None, 0.0, 0.0)
-    update = running_mean is not None
+    update, prelu = running_mean is not None, act_weight is not None
     launch(
         _channel_forward_kernel, (c,), x, out, mean, invstd, running_mean if update else mean,
-        running_var if update else invstd, weight, bias, act_weight if act_weight is not None else weight, n_a, c, b,
-        eps, momentum, int(bool(batch)), int(update), FN=_formula(name, False), ALPHA=alpha, PRELU=name == "prelu",
+        running_var if update else invstd, weight, bias, act_weight if prelu else weight, n_a, c, b,
+        eps, momentum, int(bool(batch)), int(update), FN=_formula(name, False), ALPHA=alpha, PRELU=prelu,
         BLOCK_A=block_a, BLOCK_B=block_b,
     )  # fmt: skip
 
@@ -747,7 +747,7 @@ def backward(
 ) -> None:
     """Write grad_x and the grads of the BN weight and bias and, for PReLU, of ``act_weight``
     (each in its own dtype). ``x``, ``grad`` and ``grad_x`` share strides."""
-    prelu = name == "prelu"
+    prelu = act_weight is not None  # a slope per channel
     a = act_weight if prelu else weight
     if blocks := _channel_blocks(x):
         n_a, c, b, block_a, block_b = blocks
