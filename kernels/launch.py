@@ -6,7 +6,8 @@ metadata and two launch-hook chains), which on small maps is more than the kerne
 kernel's first launch through that path, ``launch`` keeps the compiled kernel under Triton's own
 specialization of the arguments (its binder: dtypes, 16-byte alignment of each pointer,
 integers equal to 1 or divisible by 16, 32- or 64-bit integers, constexpr values) and calls the
-compiled kernel's launcher directly, with no launch metadata and no hooks. The cache holds the
+compiled kernel's launcher directly, with no launch metadata and no hooks; the specialization is
+decided here (``_key``), as Triton's binder would, without running it. The cache holds the
 ``CompiledKernel`` itself: from triton 3.8 its module is unloaded when it is collected.
 
 Triton's own path runs whenever something could make it differ: under the interpreter, while
@@ -25,8 +26,8 @@ NUM_WARPS = 8
 """Warps of every kernel (kernels/SM90_REPORT.md: 128-bit loads, no spills, at 8 warps)."""
 
 _compiled: dict[tuple, tuple] = {}
-"""(id of the kernel, device, specialization) -> (CompiledKernel, its launcher, function, metadata);
-the kernel by ``id``: hashing a JITFunction takes a lock."""
+"""``_key`` -> (CompiledKernel, its launcher, function, metadata, the constexprs' names in the
+kernel's order where the call gives them in another)."""
 _launched: set[JITFunction] = set()
 
 
@@ -46,45 +47,65 @@ def _triton_path() -> bool:
 def launch(kernel: JITFunction, grid: Sequence[int], *args, **constexprs) -> None:
     """``kernel[grid](*args, **constexprs, num_warps=NUM_WARPS)``, through the cached compiled
     kernel when Triton would pick the same one. ``args`` are given by position and the
-    constexprs by keyword."""
+    constexprs by keyword, in the kernel's order."""
     if not isinstance(kernel, JITFunction) or kernel.pre_run_hooks or _triton_path():
         kernel[grid](*args, **constexprs, num_warps=NUM_WARPS)  # interpreter, hooks: Triton's path
         return
     active = driver.active
     device = active.get_current_device()
-    binder = kernel.device_caches[device][4] if device in kernel.device_caches else None
-    if binder is not None:
-        bound, specialization, _ = binder(*args, **constexprs)
-        entry = _compiled.get(_key(kernel, device, specialization, len(args), constexprs))
-        if entry is not None:
-            _, run, function, metadata = entry
-            g = (*grid, 1, 1)
-            run(g[0], g[1], g[2], active.get_current_stream(device), function, metadata, None, None, None,
-                *bound.values())  # fmt: skip
-            return
+    key = _key(kernel, device, args, constexprs)
+    entry = _compiled.get(key) if key is not None else None
+    if entry is not None:
+        _, run, function, metadata, order = entry
+        values = constexprs.values() if order is None else [constexprs[name] for name in order]
+        g = (*grid, 1, 1)
+        run(g[0], g[1], g[2], active.get_current_stream(device), function, metadata, None, None, None,
+            *args, *values)  # fmt: skip
+        return
     _launched.add(kernel)
     compiled = kernel[grid](*args, **constexprs, num_warps=NUM_WARPS)  # compiles on first use
     if compiled is None or not hasattr(compiled, "packed_metadata"):  # an asynchronous compile: not yet
         return
-    if not constexprs.keys() <= {p.name for p in kernel.params if p.is_constexpr}:
-        return  # a runtime argument by keyword: Triton's path every time (see _key)
-    specialization = kernel.device_caches[device][4](*args, **constexprs)[1]
-    key = _key(kernel, device, specialization, len(args), constexprs)
-    _compiled[key] = (compiled, compiled.run, compiled.function, compiled.packed_metadata)
+    order = [p.name for p in kernel.params[len(args) :]]
+    if key is not None and sorted(constexprs) == sorted(order):  # every parameter given
+        # The launcher takes every argument in the kernel's order: the constexprs as given, or sorted.
+        order = None if list(constexprs) == order else order
+        _compiled[key] = (compiled, compiled.run, compiled.function, compiled.packed_metadata, order)
 
 
-def _key(kernel: JITFunction, device: int, specialization: list, positional: int, constexprs: dict) -> tuple:
-    """The cache key: Triton's specialization of the positional arguments and the constexprs'
-    values, each JITFunction (a formula) by its id: hashing one takes a lock in Triton's
-    ``cache_key`` (3 us per launch in a YOLO11n step)."""
-    values = [id(v) if isinstance(v, JITFunction) else v for v in constexprs.values()]
-    return (id(kernel), device, *specialization[:positional], *values)
+_I32 = range(-(2**31), 2**31)
+
+
+def _key(kernel: JITFunction, device: int, args: tuple, constexprs: dict) -> tuple | None:
+    """The cache key: what Triton's binder specializes each positional argument on, decided here
+    at least as finely and in less time (0.2 us an argument against its 0.3, with no key to build
+    after), and the constexprs' names and values, a JITFunction (a formula) by its id: hashing one
+    takes a lock in Triton's ``cache_key``. None for an argument of another type: Triton's path.
+
+    Tensors: dtype and 16-byte alignment; integers: equal to 1, divisible by 16, 32-bit or wider
+    (``tests/test_host.py`` checks the decisions against Triton's own); floats are fp32; None and
+    bools as they are."""
+    key = [id(kernel), device]
+    for v in args:
+        if isinstance(v, torch.Tensor):
+            key.append((v.dtype, v.data_ptr() % 16 == 0))
+        elif type(v) is int:
+            key.append((v == 1, v % 16 == 0, v in _I32, v >= 2**63))
+        elif type(v) is float:
+            key.append(float)
+        elif v is None or type(v) is bool:
+            key.append((v,))
+        else:
+            return None
+    key.append(tuple(constexprs))  # their names: two call sites may order them differently
+    for v in constexprs.values():
+        key.append(id(v) if isinstance(v, JITFunction) else v)
+    return tuple(key)
 
 
 def specialization(kernel: JITFunction, *args, **constexprs) -> tuple:
     """Triton's specialization of these arguments on the current device (after the kernel's first
-    launch there): ``launch``'s cache key holds it for the positional arguments, and the
-    constexprs' values."""
+    launch there), by its binder: what ``_key`` must tell apart."""
     device = driver.active.get_current_device()
     return tuple(kernel.device_caches[device][4](*args, **constexprs)[1])
 

@@ -80,6 +80,13 @@ def _activation_launches(step, policy) -> dict:
     return seen
 
 
+def _scalars(args: dict) -> dict:
+    """A launch's arguments but its tensors: integers, floats and constexprs, formulas by name."""
+    import torch
+
+    return {k: getattr(v, "__name__", v) for k, v in args.items() if not isinstance(v, torch.Tensor)}
+
+
 def _bn_act_launches(step) -> dict:
     """BatchNormAct2d: one program per channel up to 16384 elements per channel (train and
     eval), the split reduction above."""
@@ -99,6 +106,9 @@ def _bn_act_launches(step) -> dict:
     ):
         x = torch.randn(shape)
         module = BatchNormAct2d(shape[1], act="silu").train(training)
+        # Twice: Triton's path, then the cache, which must hand the launcher the same values.
+        scalars = [[(launch.kernel, _scalars(launch.args)) for launch in step(module, x)[3]] for _ in range(2)]
+        assert scalars[0] == scalars[1], label
         y, g, grads, launched = step(module, x)
         seen[label] = [launch.kernel for launch in launched]
         for launch in launched:
@@ -256,6 +266,28 @@ def test_policy_native_route(checks):
         "SiLU below=0": 2,
         "Mish below=0": 2,
     }
+
+
+def test_launch_key_is_at_least_as_fine_as_tritons():
+    """``launch``'s own key for an argument decides at least what Triton's binder does: values it
+    puts together Triton specializes alike (every dtype, aligned and unaligned views, integers at
+    1, 16 and the 32- and 64-bit edges, floats, bools, None)."""
+    import torch
+    from rtdetr_fused.kernels.launch import _key
+
+    native = pytest.importorskip("triton.runtime.jit").__dict__.get("native_specialize_impl")
+    backend = pytest.importorskip("triton.backends.nvidia.compiler").CUDABackend
+    if native is None:
+        pytest.skip("this triton specializes in Python")
+    storage = {dt: torch.empty(64, dtype=dt) for dt in (torch.float16, torch.bfloat16, torch.float32, torch.float64)}
+    tensors = [t[i:] for t in storage.values() for i in (0, 1, 2, 4, 8, 16)]
+    edges = [0, 1, 2, 15, 16, 17, 32, -1, -16, -17, 2**31 - 16, 2**31 - 1, 2**31, 2**31 + 16, 2**32, 2**63 - 16]
+    ints = [*edges, 2**63, 2**64 - 16, -(2**31), -(2**31) - 16, -(2**63)]
+    groups: dict = {}
+    for v in [*tensors, *ints, 0.0, 1.0, -2.5, 1e300, True, False, None]:
+        ours = _key(None, 0, (v,), {})[2]
+        groups.setdefault(ours, set()).add(repr(native(backend, v, False, True, True)))
+    assert len(groups) >= 12 and all(len(specs) == 1 for specs in groups.values()), groups
 
 
 def test_launch_cache_compiles_once_per_specialization(checks):
