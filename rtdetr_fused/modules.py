@@ -52,7 +52,10 @@ def _forward(rows: Sequence[Activation]):
         weight = rows[0].alpha
 
         def forward(self, input: torch.Tensor) -> torch.Tensor:
-            return _prelu.apply(input, getattr(self, weight))
+            # The parameter dict read directly (nn.Module.__getattr__ is a Python call); a
+            # parametrized weight is not in it.
+            w = self._parameters.get(weight)
+            return _prelu.apply(input, w if w is not None else getattr(self, weight))
 
         return forward
 

@@ -136,3 +136,19 @@ def test_autocast_passes_the_dtype_through():
     assert y.dtype == torch.bfloat16
     y.float().sum().backward()
     assert model.conv.weight.grad is not None and model.conv.weight.grad.dtype == torch.float32
+
+
+def test_prelu_parametrized_weight():
+    """The module reads its weight from its parameter dict, or, parametrized, through the
+    parametrization (torch.nn.utils.parametrize), as torch.nn.PReLU does."""
+    from torch.nn.utils import parametrize
+
+    class Doubled(nn.Module):
+        def forward(self, w):
+            return 2 * w
+
+    ours, theirs = rtdetr_fused.PReLU(3), nn.PReLU(3)
+    for m in (ours, theirs):
+        parametrize.register_parametrization(m, "weight", Doubled())
+    x = torch.randn(2, 3, 4)
+    torch.testing.assert_close(ours(x), theirs(x))
