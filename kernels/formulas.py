@@ -10,6 +10,8 @@ Adding an activation: write ``<name>_fwd`` and ``<name>_bwd`` here and add its r
 in the interpreter, so tanh and softplus are written with ``exp``.
 """
 
+import functools
+
 import triton
 import triton.language as tl
 
@@ -143,6 +145,7 @@ def identity_bwd(x, g, ALPHA: tl.constexpr):
 prelu_fwd, prelu_bwd = leaky_relu_fwd, leaky_relu_bwd
 
 
+@functools.cache
 def pair(name: str) -> tuple[triton.JITFunction, triton.JITFunction]:
     """Activation ``name``'s ``<name>_fwd`` and ``<name>_bwd``, found by name: the list of
     activations is ``rtdetr_fused.activations.TABLE`` alone ("identity": BatchNorm alone)."""
