@@ -55,6 +55,24 @@ def test_matches_torch(layout, dtype, device):
     check(build(dtype, device), torch.rand(channels, dtype=dtype, device=device) - 0.3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=str)
+def test_strided_weight_view(dtype, device):
+    """A weight that is a strided view (every other value of a larger tensor): the kernels read
+    its values, not the storage next to them; grads reach the tensor it views."""
+    base = (torch.rand(10, dtype=dtype, device=device) - 0.3).requires_grad_()
+    ref_base = base.detach().cpu().double().requires_grad_()
+    x = _randn((2, 5, 6, 7), dtype, device)
+    g = _randn(x.shape, dtype, device, 1.0)
+    xr, x64 = x.clone().requires_grad_(), x.detach().cpu().double().requires_grad_()
+    y = RF.prelu(xr, base[::2])
+    gx, gb = torch.autograd.grad(y, (xr, base), g)
+    ref_y = F.prelu(x64, ref_base[::2])
+    ref_gx, ref_gb = torch.autograd.grad(ref_y, (x64, ref_base), g.cpu().double())
+    assert_matches(y, ref_y.detach(), magnitude(x), "prelu forward, strided weight")
+    assert_matches(gx, ref_gx, magnitude(g), "prelu grad_input, strided weight")
+    torch.testing.assert_close(gb.cpu().double(), ref_gb, rtol=1e-5, atol=1e-5)
+
+
 def test_weight_in_float32_with_half_input(device):
     """Under AMP the input is half and the weight float32: grad_weight stays float32."""
     check(_randn((2, 5, 6, 7), torch.float16, device), torch.rand(5, device=device))

@@ -42,11 +42,20 @@ def _weight_view(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return weight.reshape([-1] + [1] * (x.dim() - 2))
 
 
+def _kernel_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The weight as the kernels read it: its values contiguous, in ``x``'s accumulation dtype (a
+    module's own weight as it is: no call)."""
+    acc = accumulate_dtype(x)
+    if weight.dim() == 1 and weight.dtype == acc and weight.is_contiguous():
+        return weight
+    return weight.reshape(-1).to(acc).contiguous()  # a strided view too
+
+
 def _prelu_triton(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     x = dense(x)
     out = torch.empty_like(x)
     if x.numel():
-        _kernels().forward(x, weight.reshape(-1).to(accumulate_dtype(x)), out)
+        _kernels().forward(x, _kernel_weight(weight, x), out)
     return out
 
 
@@ -76,8 +85,7 @@ def _prelu_backward_triton(
     grad_x = torch.empty_like(x)
     if not x.numel():
         return grad_x, torch.zeros_like(weight)
-    w = weight.reshape(-1).to(accumulate_dtype(x))
-    grad_w = _kernels().backward(x, w, grad, grad_x, device_programs(x))
+    grad_w = _kernels().backward(x, _kernel_weight(weight, x), grad, grad_x, device_programs(x))
     return grad_x, grad_w.to(weight.dtype).reshape(weight.shape)
 
 
