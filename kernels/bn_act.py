@@ -548,12 +548,6 @@ def _strips(geo: Geometry, programs: int) -> _Strips:
     return _Strips((fixed, splits), per, splits * a, a, length)
 
 
-@functools.cache
-def _formula(name: str, backward: bool) -> triton.JITFunction:
-    """Activation ``name``'s forward or backward formula, looked up once."""
-    return pair(name)[int(backward)]
-
-
 def _channel_blocks(x: torch.Tensor) -> tuple[int, int, int, int, int] | None:
     """(A, C, B, BLOCK_A, BLOCK_B) when one program per channel should reduce ``x``, else None."""
     return _blocks(x.numel(), x.shape[1], x.stride(1), x.dtype == torch.float64, CHANNEL_PROGRAM_MAX)
@@ -676,7 +670,7 @@ def forward(
     if blocks := _channel_blocks(x):
         _channel_forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha, blocks, *(batch or ()))
         return
-    common = dict(FN=_formula(name, False), ALPHA=alpha, PRELU=act_weight is not None)
+    common = dict(FN=pair(name)[0], ALPHA=alpha, PRELU=act_weight is not None)
     a = act_weight if act_weight is not None else weight
     geo = geometry(x, x.shape[1], block_size(x.dtype))
     k_blocks = cdiv(geo.cols, geo.block_k)
@@ -723,7 +717,7 @@ def _channel_forward(
     launch(
         _channel_forward_kernel, (c,), x, out, mean, invstd, running_mean if update else mean,
         running_var if update else invstd, weight, bias, act_weight if prelu else weight, n_a, c, b,
-        eps, momentum, int(bool(batch)), int(update), FN=_formula(name, False), ALPHA=alpha, PRELU=prelu,
+        eps, momentum, int(bool(batch)), int(update), FN=pair(name)[0], ALPHA=alpha, PRELU=prelu,
         BLOCK_A=block_a, BLOCK_B=block_b,
     )  # fmt: skip
 
@@ -753,12 +747,12 @@ def backward(
         n_a, c, b, block_a, block_b = blocks
         launch(
             _channel_backward_kernel, (c,), x, grad, grad_x, mean, invstd, weight, bias, a, grad_weight, grad_bias,
-            grad_act_weight if prelu else grad_weight, n_a, c, b, FN=_formula(name, True), ALPHA=alpha, PRELU=prelu,
+            grad_act_weight if prelu else grad_weight, n_a, c, b, FN=pair(name)[1], ALPHA=alpha, PRELU=prelu,
             TRAINING=training, BLOCK_A=block_a, BLOCK_B=block_b,
         )  # fmt: skip
         return
     acc = mean.dtype
-    common = dict(FN=_formula(name, True), ALPHA=alpha, PRELU=prelu)
+    common = dict(FN=pair(name)[1], ALPHA=alpha, PRELU=prelu)
     geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
     strips = _strips(geo, programs)
     plane = strips.partials * geo.channels
