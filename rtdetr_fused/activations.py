@@ -75,8 +75,11 @@ class Activation:
         return self.reference(z, weight.to(z.dtype) if self.per_channel else alpha)
 
 
-def _per_channel(weight: Tensor, x: Tensor) -> Tensor:
-    return weight.reshape([-1] + [1] * (x.dim() - 2)) if weight.numel() > 1 else weight
+def weight_view(x: Tensor, weight: Tensor) -> Tensor:
+    """PReLU's weight broadcastable against ``x``: one per channel on dim 1, or a single one."""
+    if weight.numel() == 1:
+        return weight.reshape([])
+    return weight.reshape([-1] + [1] * (x.dim() - 2))
 
 
 _ROWS = (
@@ -135,10 +138,10 @@ _ROWS = (
         nn.PReLU,
         "x if x > 0 else weight[c] * x",
         lambda x, w: torch.prelu(x, w),
-        lambda x, g, w: torch.where(x > 0, g, _per_channel(w, x) * g),
+        lambda x, g, w: torch.where(x > 0, g, weight_view(x, w) * g),
         alpha="weight",
         per_channel=True,
-        composed=lambda x, m: torch.clamp(x, min=0) + _per_channel(m.weight, x) * torch.clamp(x, max=0),
+        composed=lambda x, m: torch.clamp(x, min=0) + weight_view(x, m.weight) * torch.clamp(x, max=0),
     ),
     Activation(
         "relu",

@@ -12,6 +12,7 @@ import functools
 
 import torch
 
+from ..activations import weight_view
 from ..kernels import accumulate_dtype
 from .activation import transformed
 from .common import (
@@ -33,13 +34,6 @@ def _kernels():
     from rtdetr_fused.kernels import prelu  # imports triton: only when a kernel runs
 
     return prelu
-
-
-def _weight_view(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Weight broadcastable against ``x``: one per channel on dim 1, or a single one."""
-    if weight.numel() == 1:
-        return weight.reshape([])
-    return weight.reshape([-1] + [1] * (x.dim() - 2))
 
 
 def _kernel_weight(weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -65,7 +59,7 @@ prelu = torch.library.custom_op("rtdetr_fused::prelu", _prelu_triton, mutates_ar
 def _prelu(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     if on_kernels(x):
         return _prelu_triton(x, weight)
-    w = _weight_view(x, weight).to(accumulate_dtype(x))
+    w = weight_view(x, weight).to(accumulate_dtype(x))
     return torch.where(x > 0, x, w * x).to(x.dtype)
 
 
@@ -100,7 +94,7 @@ def _prelu_backward(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -
     acc = accumulate_dtype(x)
     xa, ga = x.to(acc), grad.to(acc)
     positive = xa > 0
-    grad_x = torch.where(positive, ga, _weight_view(x, weight).to(acc) * ga).to(x.dtype)
+    grad_x = torch.where(positive, ga, weight_view(x, weight).to(acc) * ga).to(x.dtype)
     per_element = torch.where(positive, 0.0, xa * ga)
     dims = [d for d in range(x.dim()) if d != 1 or weight.numel() == 1]
     grad_w = per_element.sum(dims) if dims else per_element
@@ -124,7 +118,7 @@ def _setup_context(ctx, inputs, output) -> None:
 def _reference(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """PReLU with differentiable ops, weight and input of any float dtypes (as ``_prelu``)."""
     acc = accumulate_dtype(x)
-    return torch.where(x > 0, x, _weight_view(x, weight).to(acc) * x.to(acc)).to(x.dtype)
+    return torch.where(x > 0, x, weight_view(x, weight).to(acc) * x.to(acc)).to(x.dtype)
 
 
 def _backward_graph(ctx, x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor) -> tuple:
