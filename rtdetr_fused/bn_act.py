@@ -26,13 +26,13 @@ from torch import nn
 
 from .activations import TABLE, Activation
 from .kernels import accumulate_dtype
-from .modules import ROWS, get_activation, selector
+from .modules import SELECTORS, get_activation, selector
 from .ops import bn_act as _ops
 from .ops.activation import transformed
 from .ops.common import FLOAT_DTYPES, ArgumentError, check_float, check_same_device, compiling, exporting
 from .recompute import tag
 
-_SELECTORS = {base: selector(rows) for base, rows in ROWS.items()} | {nn.Identity: selector((_ops.IDENTITY,))}
+_SELECTORS = SELECTORS | {nn.Identity: selector((_ops.IDENTITY,))}
 _READERS: dict[type, Callable[[nn.Module], Activation | None] | None] = {}
 """Each module class seen -> its nearest torch.nn base's row selector, found once."""
 
@@ -136,8 +136,7 @@ def _fused(
         if training:
             args = (input, running_mean, running_var, weight, bias, act_weight, momentum, eps, act, alpha)
             return _ops.bn_act_train_compiled(*args)[0]
-        acc = accumulate_dtype(input)
-        mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
+        mean, invstd = _eval_statistics(running_mean, running_var, eps, accumulate_dtype(input))
         return _ops.bn_act(input, mean, invstd, weight, bias, act_weight, False, act, alpha)
     grad = torch.is_grad_enabled() and (
         input.requires_grad
@@ -163,6 +162,13 @@ def _fused(
     return out
 
 
+def _eval_statistics(
+    running_mean: torch.Tensor, running_var: torch.Tensor, eps: float, acc: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eval mode's mean and 1 / sqrt(var + eps) in ``acc``."""
+    return running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
+
+
 _FIXED: dict[int, tuple] = {}
 """id(running_var) -> (weak reference to it, running_mean, both versions, eps, dtype, mean, invstd)
 of the last eval call; an entry goes with its running_var."""
@@ -171,9 +177,9 @@ of the last eval call; an entry goes with its running_var."""
 def _fixed_statistics(
     running_mean: torch.Tensor, running_var: torch.Tensor, eps: float, acc: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eval mode's mean and 1 / sqrt(var + eps) in ``acc``, from the running statistics: worked
-    out again only when they change (their version counters), as they do not between eval calls
-    (two PyTorch kernels, and their launches, saved per call). Eager mode only."""
+    """``_eval_statistics``, worked out again only when the running statistics change (their
+    version counters), as they do not between eval calls (two PyTorch kernels, and their
+    launches, saved per call). Eager mode only."""
     cached = _FIXED.get(id(running_var))
     if (
         cached is not None
@@ -186,7 +192,7 @@ def _fixed_statistics(
     ):
         return cached[6], cached[7]
     with torch.no_grad():
-        mean, invstd = running_mean.to(acc), torch.rsqrt(running_var.to(acc) + eps)
+        mean, invstd = _eval_statistics(running_mean, running_var, eps, acc)
     ident = id(running_var)
     gone = weakref.ref(running_var, lambda _: _FIXED.pop(ident, None))
     _FIXED[ident] = (gone, running_mean, running_mean._version, running_var._version, eps, acc, mean, invstd)

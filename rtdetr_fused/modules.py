@@ -46,8 +46,8 @@ def _saves(rows: Sequence[Activation]) -> str:
     return text
 
 
-def _forward(rows: Sequence[Activation]):
-    """``forward``: the fused op of the module's row, with its parameter and options."""
+def _forward(rows: Sequence[Activation], select: Callable[[object], Activation | None]):
+    """``forward``: the fused op of the module's row (``select``), with its parameter and options."""
     if rows[0].per_channel:
         weight = rows[0].alpha
 
@@ -61,7 +61,7 @@ def _forward(rows: Sequence[Activation]):
 
     # Which options the class has, decided once: a missing attribute costs nn.Module's
     # __getattr__ an exception per call.
-    select, base = selector(rows), rows[0].torch_nn
+    base = rows[0].torch_nn
     has_inplace, has_bitmask = "inplace" in inspect.signature(base).parameters, rows[0].bitmask
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
@@ -96,36 +96,34 @@ def _with_bitmask(base: type[nn.Module]) -> dict:
     return {"__init__": __init__, "extra_repr": extra_repr, "bitmask": False}
 
 
-def _module(rows: Sequence[Activation]) -> type[nn.Module]:
+def _module(rows: Sequence[Activation], select: Callable[[object], Activation | None]) -> type[nn.Module]:
     base = rows[0].torch_nn
     formulas = "; ".join(f"{r.formula} ({', '.join(f'{k}={v!r}' for k, v in r.when.items())})" for r in rows)
     doc = (
         f"{base.__name__}(x) = {formulas if len(rows) > 1 else rows[0].formula}, fused: backward saves "
         f"{_saves(rows)}. Otherwise ``torch.nn.{base.__name__}``:\n\n{inspect.cleandoc(base.__doc__ or '')}"
     )
-    namespace = {"__module__": __name__, "__qualname__": base.__name__, "__doc__": doc, "forward": _forward(rows)}
+    namespace = {"__module__": __name__, "__qualname__": base.__name__, "__doc__": doc}
+    namespace["forward"] = _forward(rows, select)
     if rows[0].bitmask:
         namespace.update(_with_bitmask(base))
     return type(base.__name__, (base,), namespace)
 
 
-def _classes() -> dict[str, type[nn.Module]]:
-    by_class: dict[type[nn.Module], list[Activation]] = {}
-    for row in TABLE.values():
-        by_class.setdefault(row.torch_nn, []).append(row)
-    return {rows[0].name: _module(rows) for rows in by_class.values()}
+ROWS: dict[type[nn.Module], tuple[Activation, ...]] = {
+    base: tuple(row for row in TABLE.values() if row.torch_nn is base)
+    for base in dict.fromkeys(row.torch_nn for row in TABLE.values())
+}
+"""torch.nn class -> its rows, in the table's order."""
 
+SELECTORS = {base: selector(rows) for base, rows in ROWS.items()}
+"""torch.nn class -> the function that picks a module's row (``selector``)."""
 
-ACTIVATIONS: dict[str, type[nn.Module]] = _classes()
+ACTIVATIONS: dict[str, type[nn.Module]] = {rows[0].name: _module(rows, SELECTORS[base]) for base, rows in ROWS.items()}
 """Name -> our module class, one per torch.nn class (its first row's name)."""
 
 TORCH_NN: dict[type[nn.Module], type[nn.Module]] = {cls: cls.__bases__[0] for cls in ACTIVATIONS.values()}
 """Each of our classes -> the torch.nn class it subclasses (ours change only ``forward``)."""
-
-ROWS: dict[type[nn.Module], tuple[Activation, ...]] = {
-    base: tuple(row for row in TABLE.values() if row.torch_nn is base) for base in TORCH_NN.values()
-}
-"""torch.nn class -> its rows (``selector`` picks one for a module)."""
 
 globals().update({cls.__name__: cls for cls in ACTIVATIONS.values()})  # SiLU, Mish, ..., for pickle and imports
 

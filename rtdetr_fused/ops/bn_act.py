@@ -20,7 +20,7 @@ have an autograd formula).
 full tensors per block (the conv's input and output). Per-channel tensors are float32 (float64
 for float64 input) except ``weight``, ``bias`` and ``act_weight``, which keep their own dtype.
 On CPU tensors the ops run the Triton kernels under ``TRITON_INTERPRET=1`` and PyTorch
-references otherwise: BatchNorm's own statistics, eval-mode kernel (``_cpu_z``) and backward.
+references otherwise: BatchNorm's own statistics, eval-mode kernel (``_z``) and backward.
 
 A backward with ``create_graph=True`` differentiates the reference forward at the saved tensors
 instead of running the kernel (``_grads_graph``), so second derivatives are exact.
@@ -118,14 +118,6 @@ def _bn_act_triton(
 bn_act = torch.library.custom_op("rtdetr_fused::bn_act", _bn_act_triton, mutates_args=(), device_types="cuda")
 
 
-def _reference_z(x, mean, invstd, weight, bias) -> torch.Tensor:
-    """The BN output z = (x - mean) * (weight * invstd) + bias in the accumulation dtype, in two
-    passes over x, differentiable in every argument (``_grads_graph``)."""
-    acc = mean.dtype
-    scale = weight.to(acc) * invstd
-    return torch.addcmul(_channel_view(bias.to(acc)), x.to(acc) - _channel_view(mean), _channel_view(scale))
-
-
 @functools.lru_cache(maxsize=64)
 def _unit_statistics(c: int, dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """Zeros and ones: running statistics under which BatchNorm's eval kernel computes
@@ -135,11 +127,12 @@ def _unit_statistics(c: int, dtype: torch.dtype, device: torch.device) -> tuple[
         return torch.zeros(c, dtype=dtype, device=device), torch.ones(c, dtype=dtype, device=device)
 
 
-def _cpu_z(x, mean, invstd, weight, bias) -> torch.Tensor:
-    """The BN output in the accumulation dtype on the PyTorch path: x * scale + shift, scale =
+def _z(x, mean, invstd, weight, bias) -> torch.Tensor:
+    """The BN output in the accumulation dtype with PyTorch ops: x * scale + shift, scale =
     weight * invstd and shift = bias - mean * scale, as BatchNorm's own kernel computes it, and
-    by that kernel (eval mode on unit statistics, exact): one pass over x, 2.5x faster than
-    ``_reference_z``, the same bits on every call (a recomputed output)."""
+    by that kernel (eval mode on unit statistics, exact): one pass over x (2.5x faster than
+    (x - mean) * scale + bias in two), the same bits on every call (a recomputed output), and
+    differentiable in every argument (``_grads_graph``)."""
     acc = mean.dtype
     scale = weight.to(acc) * invstd
     shift = torch.addcmul(bias.to(acc), mean, scale, value=-1)
@@ -152,7 +145,7 @@ def _bn_act(x, mean, invstd, weight, bias, act_weight, training, name, alpha) ->
     """``bn_act``'s forward on any device, without autograd (also what a recomputed output runs)."""
     if on_kernels(x):
         return _bn_act_triton(x, mean, invstd, weight, bias, act_weight, training, name, alpha)
-    z = _cpu_z(x, mean, invstd, weight, bias)
+    z = _z(x, mean, invstd, weight, bias)
     y = row(name).bn_reference(z, alpha, act_weight)
     return like(y.to(x.dtype), x)
 
@@ -190,8 +183,7 @@ def bn_act_train_compiled(x, running_mean, running_var, weight, bias, act_weight
 def _backward_kernels(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha):
     """The grads of x, weight, bias and PReLU's act_weight (None without it) by the kernels."""
     x = dense(x)
-    if grad.stride() != x.stride():  # x is dense: like() returns grad itself when they match
-        grad = like(grad, x)
+    grad = like(grad, x)
     grad_x, grad_w, grad_b = torch.empty_like(x), torch.empty_like(weight), torch.empty_like(bias)
     grad_a = torch.empty_like(act_weight) if act_weight is not None else None
     _kernels().backward(
@@ -229,7 +221,7 @@ def _bn_act_backward(x, grad, mean, invstd, weight, bias, act_weight, training, 
     if on_kernels(x):
         return _bn_act_backward_triton(x, grad, mean, invstd, weight, bias, act_weight, training, name, alpha)
     acc = mean.dtype
-    z, g = _cpu_z(x, mean, invstd, weight, bias), grad.to(acc)
+    z, g = _z(x, mean, invstd, weight, bias), grad.to(acc)
     if row(name).per_channel:  # PReLU's own backward, one pass (as torch.nn's): grad of z and of the weight
         gz, grad_a = torch.ops.aten._prelu_kernel_backward(g, z, _channel_view(act_weight.to(acc)))
         grad_a = grad_a.sum((0, 2, 3)).to(act_weight.dtype)
@@ -285,7 +277,7 @@ def _grads_graph(ctx, grad: torch.Tensor) -> tuple:
         m, v = xa.mean((0, 2, 3)), xa.var((0, 2, 3), unbiased=False)
         mean = mean + (m - m.detach())
         invstd = invstd * torch.rsqrt(1 + invstd.square() * (v - v.detach()))
-    z = _reference_z(x, mean, invstd, weight, bias)
+    z = _z(x, mean, invstd, weight, bias)
     y = row(ctx.name).bn_reference(z, ctx.alpha, act_weight)
     inputs, needs = (x, weight, bias, act_weight), (ctx.needs_input_grad[0], *ctx.needs_input_grad[3:6])
     wanted = [t for t, need in zip(inputs, needs) if need]
