@@ -26,8 +26,8 @@ import triton.language as tl
 
 from . import accumulate_dtype, cdiv, next_power_of_2
 from .formulas import pair
-from .launch import launch
-from .layout import Geometry, geometry
+from .launch import Launch
+from .layout import Geometry, geometry_of
 from .pointwise import block_size, upcast
 
 # Elements per reduction tile: the Welford loop keeps three tiles (x, mean, M2) live.
@@ -177,6 +177,8 @@ def _finalize_kernel(
     invstd_ptr,
     rm_ptr,
     rv_ptr,
+    eps: tl.float64,
+    factor: tl.float64,
     C,
     S,
     PLANE,
@@ -184,8 +186,6 @@ def _finalize_kernel(
     DIV,
     TOTAL,
     N,
-    eps: tl.float64,
-    factor: tl.float64,
     UPDATE: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_C: tl.constexpr,
@@ -420,11 +420,11 @@ def _channel_forward_kernel(
     w_ptr,
     b_ptr,
     a_ptr,
+    eps: tl.float64,
+    factor: tl.float64,
     A,
     C,
     B,
-    eps: tl.float64,
-    factor: tl.float64,
     stats,
     update,
     FN: tl.constexpr,
@@ -548,20 +548,60 @@ def _strips(geo: Geometry, programs: int) -> _Strips:
     return _Strips((fixed, splits), per, splits * a, a, length)
 
 
-def _channel_blocks(x: torch.Tensor) -> tuple[int, int, int, int, int] | None:
-    """(A, C, B, BLOCK_A, BLOCK_B) when one program per channel should reduce ``x``, else None."""
-    return _blocks(x.numel(), x.shape[1], x.stride(1), x.dtype == torch.float64, CHANNEL_PROGRAM_MAX)
-
-
 @functools.lru_cache(maxsize=4096)
-def _blocks(n: int, c: int, b: int, wide: bool, limit: int) -> tuple[int, int, int, int, int] | None:
-    """``_channel_blocks`` of a map, worked out once per geometry (a model has a few dozen)."""
+def _blocks(n: int, c: int, b: int, dtype: torch.dtype, limit: int) -> tuple[int, int, int, int, int] | None:
+    """(A, C, B, BLOCK_A, BLOCK_B) when one program per channel should reduce the map (``_map``),
+    else None."""
     if b == 1 or n // c > limit:
         return None
     a = n // (c * b)
     block_b = min(next_power_of_2(b), 256)
-    tile = REDUCE_TILE // (2 if wide else 1)
-    return a, c, b, min(next_power_of_2(a), max(1, tile // block_b)), block_b
+    return a, c, b, min(next_power_of_2(a), max(1, _reduce_tile(dtype) // block_b)), block_b
+
+
+def _reduce_tile(dtype: torch.dtype) -> int:
+    """Elements per reduction tile: half as many in float64."""
+    return REDUCE_TILE // (2 if dtype == torch.float64 else 1)
+
+
+def _map(x: torch.Tensor) -> tuple[int, int, int, torch.dtype, int]:
+    """What the launches of a dense 4-D ``x`` are planned on: elements, channels, the channel
+    stride (``layout``'s B), dtype, and ``CHANNEL_PROGRAM_MAX`` (read per call: tests change it)."""
+    return x.numel(), x.shape[1], x.stride(1), x.dtype, CHANNEL_PROGRAM_MAX
+
+
+# Each launch is built once per map (``Launch``: grid, sizes and constexprs decided), keyed by the
+# activation's name, not its formula: hashing a JITFunction takes a lock in Triton's cache_key.
+
+
+@functools.lru_cache(maxsize=4096)
+def _forward_plan(
+    n: int,
+    c: int,
+    b: int,
+    dtype: torch.dtype,
+    limit: int,
+    name: str,
+    alpha: float,
+    prelu: bool,
+    stats: bool,
+    update: bool,
+) -> tuple[Launch, bool]:
+    """The output's launch and whether it is one program per channel, which computes the batch
+    statistics first when ``stats`` (else ``statistics`` runs before the output's launch) and
+    updates the running ones when ``update``."""
+    constexprs = dict(FN=pair(name)[0], ALPHA=alpha, PRELU=prelu)
+    if blocks := _blocks(n, c, b, dtype, limit):
+        n_a, c, b, block_a, block_b = blocks
+        ints = (n_a, c, b, int(stats), int(update))
+        return Launch(_channel_forward_kernel, (c,), ints, BLOCK_A=block_a, BLOCK_B=block_b, **constexprs), True
+    geo = geometry_of(n, c, b, block_size(dtype))
+    k_blocks = cdiv(geo.cols, geo.block_k)
+    grid, ints = (cdiv(geo.rows, geo.block_r) * k_blocks,), (geo.rows, geo.cols, geo.channels, k_blocks)
+    launch = Launch(
+        _forward_kernel, grid, ints, COLUMN=geo.column, BLOCK_R=geo.block_r, BLOCK_K=geo.block_k, **constexprs
+    )
+    return launch, False
 
 
 def train_forward(
@@ -581,16 +621,36 @@ def train_forward(
     """out = act(BN(x)) with ``x``'s batch statistics, returned: mean and 1 / sqrt(var + eps) per
     channel in the accumulation dtype. Updates the running statistics in place when given.
     ``x`` (at least two values per channel) and ``out`` as in ``forward``."""
-    blocks = _channel_blocks(x)
-    if blocks is None:  # the split reduction, then the output
+    update, prelu = running_mean is not None, act_weight is not None
+    launch, per_channel = _forward_plan(*_map(x), name, alpha, prelu, True, update)
+    if not per_channel:  # the split reduction, then the output
         mean, invstd = statistics(x, running_mean, running_var, momentum, eps, programs)
-        forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha)
-    else:
-        c, acc = blocks[1], accumulate_dtype(x)
-        mean, invstd = x.new_empty(c, dtype=acc), x.new_empty(c, dtype=acc)
-        batch = (running_mean, running_var, momentum, eps)
-        _channel_forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha, blocks, *batch)
+        launch((x, out, mean, invstd, weight, bias, act_weight if prelu else weight))
+        return mean, invstd
+    acc = accumulate_dtype(x)
+    mean, invstd = x.new_empty(x.shape[1], dtype=acc), x.new_empty(x.shape[1], dtype=acc)
+    running = (running_mean, running_var) if update else (mean, invstd)
+    tensors = (x, out, mean, invstd, *running, weight, bias, act_weight if prelu else weight)
+    launch(tensors, (float(eps), float(momentum)))
     return mean, invstd
+
+
+@functools.lru_cache(maxsize=4096)
+def _statistics_plan(
+    n: int, c: int, b: int, dtype: torch.dtype, programs: int, update: bool
+) -> tuple[Launch, int, Launch]:
+    """(partials' launch, partials per plane, merge's launch) of ``statistics``."""
+    geo = geometry_of(n, c, b, _reduce_tile(dtype))
+    strips = _strips(geo, programs)
+    plane = strips.partials * c
+    ints = (geo.rows, geo.cols, strips.per, plane)
+    partials = Launch(_stats_kernel, strips.grid, ints, COLUMN=geo.column, BLOCK_R=geo.block_r, BLOCK_K=geo.block_k)
+    block_c = min(next_power_of_2(c), 32)
+    ints = (c, strips.partials, plane, strips.per, strips.div, strips.total, n // c)
+    merge = Launch(
+        _finalize_kernel, (cdiv(c, block_c),), ints, UPDATE=update, BLOCK_S=FINALIZE_TILE // block_c, BLOCK_C=block_c
+    )
+    return partials, plane, merge
 
 
 def statistics(
@@ -604,49 +664,14 @@ def statistics(
     """Batch mean and 1 / sqrt(var + eps) per channel of a dense 4-D ``x`` (at least two values
     per channel), by the split reduction (partials over strips, then a fixed-order merge);
     updates the running statistics in place when given."""
-    acc = accumulate_dtype(x)
+    acc, c = accumulate_dtype(x), x.shape[1]
     update = running_mean is not None
-    geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
-    strips = _strips(geo, programs)
-    plane = strips.partials * geo.channels
+    partials_launch, plane, merge = _statistics_plan(*_map(x)[:4], programs, update)
     partials = torch.empty((2, plane), dtype=acc, device=x.device)
-    launch(
-        _stats_kernel,
-        strips.grid,
-        x,
-        partials,
-        geo.rows,
-        geo.cols,
-        strips.per,
-        plane,
-        COLUMN=geo.column,
-        BLOCK_R=geo.block_r,
-        BLOCK_K=geo.block_k,
-    )
-    c = geo.channels
+    partials_launch((x, partials))
     mean, invstd = (torch.empty(c, dtype=acc, device=x.device) for _ in range(2))
-    block_c = min(next_power_of_2(c), 32)
-    launch(
-        _finalize_kernel,
-        (cdiv(c, block_c),),
-        partials,
-        mean,
-        invstd,
-        running_mean if update else mean,
-        running_var if update else invstd,
-        c,
-        strips.partials,
-        plane,
-        strips.per,
-        strips.div,
-        strips.total,
-        x.numel() // c,
-        eps,
-        momentum,
-        UPDATE=update,
-        BLOCK_S=FINALIZE_TILE // block_c,
-        BLOCK_C=block_c,
-    )
+    running = (running_mean, running_var) if update else (mean, invstd)
+    merge((partials, mean, invstd, *running), (float(eps), float(momentum)))
     return mean, invstd
 
 
@@ -660,66 +685,53 @@ def forward(
     act_weight: torch.Tensor | None,
     name: str,
     alpha: float,
-    batch: tuple[torch.Tensor | None, torch.Tensor | None, float, float] | None = None,
 ) -> None:
     """out = act(BN(x)) with the statistics in ``mean`` and ``invstd``; ``x`` and ``out`` dense
     with the same strides, per-channel vectors contiguous with C elements (``act_weight``:
-    PReLU's, a slope per channel, or None). ``batch`` (running mean, running var, momentum, eps),
-    where one program per channel runs (``_channel_blocks``): the kernel computes the statistics
-    first, and updates the running ones when given."""
-    if blocks := _channel_blocks(x):
-        _channel_forward(x, out, mean, invstd, weight, bias, act_weight, name, alpha, blocks, *(batch or ()))
-        return
-    common = dict(FN=pair(name)[0], ALPHA=alpha, PRELU=act_weight is not None)
-    a = act_weight if act_weight is not None else weight
-    geo = geometry(x, x.shape[1], block_size(x.dtype))
-    k_blocks = cdiv(geo.cols, geo.block_k)
-    launch(
-        _forward_kernel,
-        (cdiv(geo.rows, geo.block_r) * k_blocks,),
-        x,
-        out,
-        mean,
-        invstd,
-        weight,
-        bias,
-        a,
-        geo.rows,
-        geo.cols,
-        geo.channels,
-        k_blocks,
-        COLUMN=geo.column,
-        BLOCK_R=geo.block_r,
-        BLOCK_K=geo.block_k,
-        **common,
-    )
+    PReLU's, a slope per channel, or None)."""
+    prelu = act_weight is not None
+    a = act_weight if prelu else weight
+    launch, per_channel = _forward_plan(*_map(x), name, alpha, prelu, False, False)
+    if per_channel:
+        launch((x, out, mean, invstd, mean, invstd, weight, bias, a), (0.0, 0.0))
+    else:
+        launch((x, out, mean, invstd, weight, bias, a))
 
 
-def _channel_forward(
-    x: torch.Tensor,
-    out: torch.Tensor,
-    mean: torch.Tensor,
-    invstd: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor,
-    act_weight: torch.Tensor | None,
+@functools.lru_cache(maxsize=4096)
+def _backward_plan(
+    n: int,
+    c: int,
+    b: int,
+    dtype: torch.dtype,
+    limit: int,
+    programs: int,
     name: str,
     alpha: float,
-    blocks: tuple[int, int, int, int, int],
-    *batch,
-) -> None:
-    """``forward`` by one program per channel (``blocks``: ``_channel_blocks(x)``), from either
-    entry point: one launch, with the statistics computed first when ``batch`` (running mean,
-    running var, momentum, eps) is given."""
-    n_a, c, b, block_a, block_b = blocks
-    running_mean, running_var, momentum, eps = batch or (None, None, 0.0, 0.0)
-    update, prelu = running_mean is not None, act_weight is not None
-    launch(
-        _channel_forward_kernel, (c,), x, out, mean, invstd, running_mean if update else mean,
-        running_var if update else invstd, weight, bias, act_weight if prelu else weight, n_a, c, b,
-        eps, momentum, int(bool(batch)), int(update), FN=pair(name)[0], ALPHA=alpha, PRELU=prelu,
-        BLOCK_A=block_a, BLOCK_B=block_b,
+    prelu: bool,
+    training: bool,
+) -> tuple[Launch, tuple[int, int, int] | None, Launch | None]:
+    """One program per channel: (its launch, None, None); else the split backward's (reduction's
+    launch, its partials' shape, output's launch)."""
+    common = dict(FN=pair(name)[1], ALPHA=alpha, PRELU=prelu)
+    if blocks := _blocks(n, c, b, dtype, limit):
+        n_a, c, b, block_a, block_b = blocks
+        ints, constexprs = (n_a, c, b), dict(TRAINING=training, BLOCK_A=block_a, BLOCK_B=block_b)
+        return Launch(_channel_backward_kernel, (c,), ints, **constexprs, **common), None, None
+    reduce = geometry_of(n, c, b, _reduce_tile(dtype))
+    strips = _strips(reduce, programs)
+    plane = strips.partials * c
+    partials = Launch(
+        _backward_reduce_kernel, strips.grid, (reduce.rows, reduce.cols, c, strips.per, plane),
+        BLOCK_R=reduce.block_r, BLOCK_K=reduce.block_k, COLUMN=reduce.column, **common,
     )  # fmt: skip
+    geo = geometry_of(n, c, b, block_size(dtype))
+    k_blocks = cdiv(geo.cols, geo.block_k)
+    output = Launch(
+        _backward_kernel, (cdiv(geo.rows, geo.block_r) * k_blocks,), (geo.rows, geo.cols, c, k_blocks, n // c),
+        TRAINING=training, BLOCK_R=geo.block_r, BLOCK_K=geo.block_k, COLUMN=geo.column, **common,
+    )  # fmt: skip
+    return partials, (3 if prelu else 2, strips.partials, c), output
 
 
 def backward(
@@ -743,66 +755,12 @@ def backward(
     (each in its own dtype). ``x``, ``grad`` and ``grad_x`` share strides."""
     prelu = act_weight is not None  # a slope per channel
     a = act_weight if prelu else weight
-    if blocks := _channel_blocks(x):
-        n_a, c, b, block_a, block_b = blocks
-        launch(
-            _channel_backward_kernel, (c,), x, grad, grad_x, mean, invstd, weight, bias, a, grad_weight, grad_bias,
-            grad_act_weight if prelu else grad_weight, n_a, c, b, FN=pair(name)[1], ALPHA=alpha, PRELU=prelu,
-            TRAINING=training, BLOCK_A=block_a, BLOCK_B=block_b,
-        )  # fmt: skip
+    grads = (grad_weight, grad_bias, grad_act_weight if prelu else grad_weight)
+    launch, shape, output = _backward_plan(*_map(x), programs, name, alpha, prelu, training)
+    if output is None:  # one program per channel
+        launch((x, grad, grad_x, mean, invstd, weight, bias, a, *grads))
         return
-    acc = mean.dtype
-    common = dict(FN=pair(name)[1], ALPHA=alpha, PRELU=prelu)
-    geo = geometry(x, x.shape[1], REDUCE_TILE // (acc.itemsize // 4))
-    strips = _strips(geo, programs)
-    plane = strips.partials * geo.channels
-    partials = torch.empty((3 if prelu else 2, strips.partials, geo.channels), dtype=acc, device=x.device)
-    common["COLUMN"] = geo.column
-    launch(
-        _backward_reduce_kernel,
-        strips.grid,
-        x,
-        grad,
-        partials,
-        mean,
-        invstd,
-        weight,
-        bias,
-        a,
-        geo.rows,
-        geo.cols,
-        geo.channels,
-        strips.per,
-        plane,
-        BLOCK_R=geo.block_r,
-        BLOCK_K=geo.block_k,
-        **common,
-    )
+    partials = torch.empty(shape, dtype=mean.dtype, device=x.device)
+    launch((x, grad, partials, mean, invstd, weight, bias, a))
     sums = partials.sum(1)  # fixed order: the same bits on every run
-    geo = geometry(x, x.shape[1], block_size(x.dtype))
-    k_blocks = cdiv(geo.cols, geo.block_k)
-    launch(
-        _backward_kernel,
-        (cdiv(geo.rows, geo.block_r) * k_blocks,),
-        x,
-        grad,
-        grad_x,
-        mean,
-        invstd,
-        weight,
-        bias,
-        a,
-        sums,
-        grad_weight,
-        grad_bias,
-        grad_act_weight if prelu else grad_weight,
-        geo.rows,
-        geo.cols,
-        geo.channels,
-        k_blocks,
-        x.numel() // geo.channels,
-        TRAINING=training,
-        BLOCK_R=geo.block_r,
-        BLOCK_K=geo.block_k,
-        **common,
-    )
+    output((x, grad, grad_x, mean, invstd, weight, bias, a, sums, *grads))

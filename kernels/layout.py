@@ -41,12 +41,13 @@ def _block_k(k: int, tile: int) -> int:
 def geometry(x: torch.Tensor, channels: int, tile: int) -> Geometry:
     """Geometry of dense ``x`` with ``channels`` channels on dim 1 (1: the whole tensor is one
     channel) and tiles of ``tile`` elements."""
-    return _geometry(x.numel(), channels, x.stride(1) if channels != 1 else 0, tile)
+    return geometry_of(x.numel(), channels, x.stride(1) if channels != 1 else 0, tile)
 
 
 @functools.lru_cache(maxsize=4096)
-def _geometry(n: int, channels: int, b: int, tile: int) -> Geometry:
-    """``geometry`` of a map, worked out once per shape (a model has a few dozen)."""
+def geometry_of(n: int, channels: int, b: int, tile: int) -> Geometry:
+    """``geometry`` of a map of ``n`` elements whose channel stride is ``b`` (unused for one
+    channel), worked out once per shape (a model has a few dozen)."""
     if channels == 1:
         r, k, column = 1, n, False
     elif b == 1:

@@ -7,13 +7,15 @@ keeps the output in the input's layout. Full blocks are unmasked so sm_90 gets 1
 loads; only the last block is masked.
 """
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
 
 from . import cdiv
 from .formulas import pair
-from .launch import launch
+from .launch import Launch
 
 # Bytes each program moves per tensor, and warps: 8 KiB per program = two 16-byte vectors
 # per thread at 8 warps. From the sm_90 report (kernels/SM90_REPORT.md): at 8 warps every
@@ -133,29 +135,56 @@ def _mask_backward_kernel(m_ptr, g_ptr, dx_ptr, n, ALPHA: tl.constexpr, BLOCK: t
         tl.store(dx_ptr + offs, dx.to(dx_ptr.dtype.element_ty), mask=offs < n)
 
 
+# Each launch is built once per map (``Launch``: grid, size and constexprs decided), keyed by the
+# activation's name, not its formula: hashing a JITFunction takes a lock in Triton's cache_key.
+
+
+def _grid(n: int, itemsize: int) -> tuple[tuple[int], int]:
+    """(grid, BLOCK) over ``n`` elements of ``itemsize`` bytes."""
+    block = BYTES_PER_PROGRAM // itemsize
+    return (cdiv(n, block),), block
+
+
+@functools.lru_cache(maxsize=4096)
+def _forward(n: int, itemsize: int, name: str, alpha: float) -> Launch:
+    grid, block = _grid(n, itemsize)
+    return Launch(_forward_kernel, grid, (n,), FN=pair(name)[0], ALPHA=alpha, BLOCK=block)
+
+
+@functools.lru_cache(maxsize=4096)
+def _backward(n: int, itemsize: int, name: str, alpha: float) -> Launch:
+    grid, block = _grid(n, itemsize)
+    return Launch(_backward_kernel, grid, (n,), FN=pair(name)[1], ALPHA=alpha, BLOCK=block)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mask_forward(n: int, itemsize: int, name: str, alpha: float, from_output: bool) -> Launch:
+    (grid, block), (fwd, bwd) = _grid(n, itemsize), pair(name)
+    constexprs = dict(FN=fwd, DERIV=bwd, FROM_OUTPUT=from_output, ALPHA=alpha, BLOCK=block)
+    return Launch(_mask_forward_kernel, grid, (n,), **constexprs)
+
+
+@functools.lru_cache(maxsize=4096)
+def _mask_backward(n: int, itemsize: int, alpha: float) -> Launch:
+    grid, block = _grid(n, itemsize)
+    return Launch(_mask_backward_kernel, grid, (n,), ALPHA=alpha, BLOCK=block)
+
+
 def forward(x: torch.Tensor, out: torch.Tensor, name: str, alpha: float) -> None:
     """out = act(x); both dense with the same strides (``out`` may be ``x``)."""
-    n, block = x.numel(), BYTES_PER_PROGRAM // x.itemsize
-    launch(_forward_kernel, (cdiv(n, block),), x, out, n, FN=pair(name)[0], ALPHA=alpha, BLOCK=block)
+    _forward(x.numel(), x.itemsize, name, alpha)((x, out))
 
 
 def backward(saved: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, name: str, alpha: float) -> None:
     """out = d act / dx * grad; all three dense with the same strides."""
-    n, block = saved.numel(), BYTES_PER_PROGRAM // saved.itemsize
-    launch(_backward_kernel, (cdiv(n, block),), saved, grad, out, n, FN=pair(name)[1], ALPHA=alpha, BLOCK=block)
+    _backward(saved.numel(), saved.itemsize, name, alpha)((saved, grad, out))
 
 
 def mask_forward(x: torch.Tensor, out: torch.Tensor, bits: torch.Tensor, name: str, alpha: float, from_output: bool):
     """out = act(x) and ``bits`` (uint8, ``(n + 7) // 8``) where d act / dx is 1."""
-    n, block = x.numel(), BYTES_PER_PROGRAM // x.itemsize
-    fwd, bwd = pair(name)
-    launch(
-        _mask_forward_kernel, (cdiv(n, block),), x, out, bits, n, FN=fwd, DERIV=bwd, FROM_OUTPUT=from_output,
-        ALPHA=alpha, BLOCK=block,
-    )  # fmt: skip
+    _mask_forward(x.numel(), x.itemsize, name, alpha, from_output)((x, out, bits))
 
 
 def mask_backward(bits: torch.Tensor, grad: torch.Tensor, out: torch.Tensor, alpha: float) -> None:
     """out = grad where the bit is set, else alpha * grad; ``grad`` and ``out`` share strides."""
-    n, block = grad.numel(), BYTES_PER_PROGRAM // grad.itemsize
-    launch(_mask_backward_kernel, (cdiv(n, block),), bits, grad, out, n, ALPHA=alpha, BLOCK=block)
+    _mask_backward(grad.numel(), grad.itemsize, alpha)((bits, grad, out))

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 
 from . import accumulate_dtype, cdiv
-from .launch import launch
+from .launch import Launch
 from .layout import Geometry, geometry
 from .pointwise import block_size, upcast
 
@@ -91,49 +91,42 @@ def channel_geometry(x: torch.Tensor, channels: int) -> tuple[int, int]:
     return x.stride(1), channels
 
 
+@functools.lru_cache(maxsize=4096)
+def _forward(n: int, b: int, c: int, dtype: torch.dtype) -> Launch:
+    block = block_size(dtype)
+    return Launch(_forward_kernel, (cdiv(n, block),), (n, b, c), BLOCK=block)
+
+
 def forward(x: torch.Tensor, weight: torch.Tensor, out: torch.Tensor) -> None:
-    n = x.numel()
-    b, c = channel_geometry(x, weight.numel())
-    block = block_size(x.dtype)
-    launch(_forward_kernel, (cdiv(n, block),), x, weight, out, n, b, c, BLOCK=block)
+    _forward(x.numel(), *channel_geometry(x, weight.numel()), x.dtype)((x, weight, out))
 
 
 @functools.lru_cache(maxsize=4096)
-def _backward_plan(geo: Geometry, programs: int) -> tuple[int, int, int, tuple[int, ...]]:
-    """(row programs, column blocks, rows per program, partials' shape) of a geometry, worked out
-    once per map."""
+def _backward_plan(geo: Geometry, programs: int) -> tuple[Launch, tuple[int, ...]]:
+    """The launch and the partials' shape of a geometry, worked out once per map."""
     k_blocks = cdiv(geo.cols, geo.block_k)
     if geo.column:
         # Enough row splits to fill the device, each a whole number of tiles.
         splits = max(1, min(cdiv(geo.rows, geo.block_r), programs // k_blocks))
         per_program = cdiv(cdiv(geo.rows, splits), geo.block_r) * geo.block_r
         splits = cdiv(geo.rows, per_program)
-        return splits, k_blocks, per_program, (splits, geo.cols)
-    return cdiv(geo.rows, geo.block_r), k_blocks, geo.block_r, (k_blocks, geo.rows // geo.channels, geo.channels)
+        row_programs, partials_shape = splits, (splits, geo.cols)
+    else:
+        row_programs, per_program = cdiv(geo.rows, geo.block_r), geo.block_r
+        partials_shape = (k_blocks, geo.rows // geo.channels, geo.channels)
+    launch = Launch(
+        _backward_kernel, (row_programs * k_blocks,), (geo.rows, geo.cols, geo.channels, per_program, k_blocks),
+        CHANNEL_IS_COLUMN=geo.column, BLOCK_R=geo.block_r, BLOCK_K=geo.block_k,
+    )  # fmt: skip
+    return launch, partials_shape
 
 
 def backward(
     x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, grad_x: torch.Tensor, programs: int
 ) -> torch.Tensor:
     """Write grad_x; return grad_weight (float32, or float64 for float64 input)."""
-    geo = geometry(x, weight.numel(), block_size(x.dtype))
-    row_programs, k_blocks, per_program, partials_shape = _backward_plan(geo, programs)
+    channels = weight.numel()
+    launch, partials_shape = _backward_plan(geometry(x, channels, block_size(x.dtype)), programs)
     partials = torch.empty(partials_shape, dtype=accumulate_dtype(x), device=x.device)
-    launch(
-        _backward_kernel,
-        (row_programs * k_blocks,),
-        x,
-        weight,
-        grad,
-        grad_x,
-        partials,
-        geo.rows,
-        geo.cols,
-        geo.channels,
-        per_program,
-        k_blocks,
-        CHANNEL_IS_COLUMN=geo.column,
-        BLOCK_R=geo.block_r,
-        BLOCK_K=geo.block_k,
-    )
-    return partials.reshape(-1, geo.channels).sum(0)
+    launch((x, weight, grad, grad_x, partials))
+    return partials.reshape(-1, channels).sum(0)

@@ -8,7 +8,7 @@ For each kernel and dtype: registers per thread, spill bytes, and the widest glo
 
 Nothing here describes a kernel. The report runs each family's own host launch functions
 (``pointwise``, ``prelu``, ``bn_act``) on meta tensors of every dtype, with shapes that take
-each of their code paths, records the calls they make to ``launch.launch``, and hands each
+each of their code paths, records the ``launch.Launch`` calls they make, and hands each
 recorded call to Triton's own binder and argument packing, as ``kernel[grid](...)`` does:
 the signature (types from the values, one entry per kernel parameter), the constexprs and
 the alignment attributes are what a launch of those values on an H100/H200 compiles. A
@@ -108,7 +108,7 @@ def _binder(kernel: KernelInterface) -> tuple[JITFunction, Callable]:
 
 def specialize(kernel: KernelInterface, args: tuple, constexprs: dict) -> tuple[dict, dict, dict, dict]:
     """(signature, constexprs, attrs, options) that ``kernel[grid](*args, **constexprs,
-    num_warps=launch.NUM_WARPS)`` (``launch.launch``'s call) compiles: Triton's binder
+    num_warps=launch.NUM_WARPS)`` (a ``launch.Launch``'s call) compiles: Triton's binder
     specializes the values, ``JITFunction._pack_args`` turns that into the compile's input."""
     jit, binder = _binder(kernel)
     kwargs = {**constexprs, "num_warps": launch.NUM_WARPS}
@@ -122,7 +122,7 @@ def specialize(kernel: KernelInterface, args: tuple, constexprs: dict) -> tuple[
 
 @dataclass(frozen=True)
 class Scenario:
-    """One call of a family's launch functions: ``run`` launches through ``launch.launch``."""
+    """One call of a family's launch functions: ``run`` launches through ``launch.Launch``."""
 
     family: str  # "" (the activations), "prelu" or "bn"
     act: str | None  # the activation, shown for kernels that take one (FN or ALPHA)
@@ -134,20 +134,17 @@ class Scenario:
 
 @contextlib.contextmanager
 def _recording(calls: list) -> Iterator[None]:
-    """Replace ``launch.launch`` in the kernel modules (under whatever name they imported it)
-    by a recorder of (kernel, args, constexprs)."""
+    """Make every ``launch.Launch`` record (kernel, args, constexprs) instead of launching."""
 
-    def record(kernel, grid, *args, **constexprs):
-        calls.append((kernel, args, constexprs))
+    def record(self: launch.Launch, tensors: tuple, floats: tuple = ()) -> None:
+        calls.append((self.kernel, (*tensors, *floats, *self.ints), self.constexprs))
 
-    patched = [(m, name) for m in FAMILIES for name, value in vars(m).items() if value is launch.launch]
-    for module, name in patched:
-        setattr(module, name, record)
+    call = launch.Launch.__call__
+    launch.Launch.__call__ = record
     try:
         yield
     finally:
-        for module, name in patched:
-            setattr(module, name, launch.launch)
+        launch.Launch.__call__ = call
 
 
 def _empty(shape, dtype, memory_format=torch.contiguous_format) -> torch.Tensor:
@@ -239,7 +236,7 @@ def entries() -> list[Entry]:
                 with _recording(calls):
                     scenario.run()
                 if not calls:  # it launched some other way: its kernels would drop out unseen
-                    raise RuntimeError(f"{scenario.run} launched nothing through launch.launch")
+                    raise RuntimeError(f"{scenario.run} launched nothing through launch.Launch")
                 for kernel, args, constexprs in calls:
                     signature, constants, attrs, options = specialize(kernel, args, constexprs)
                     key = _key(kernel, signature, constants, attrs, options)
