@@ -16,6 +16,7 @@ launch hooks are set (profilers), with pre-run hooks, the debug or instrumentati
 asynchronous compile, and under torch.compile tracing.
 """
 
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -26,9 +27,9 @@ from triton.runtime.jit import JITFunction
 NUM_WARPS = 8
 """Warps of every kernel (kernels/SM90_REPORT.md: 128-bit loads, no spills, at 8 warps)."""
 
-_compiled: dict[tuple, tuple] = {}
-"""(Launch, device, tensors' specializations) -> (CompiledKernel, its launcher, function,
-metadata, the integers and constexprs in the kernel's order)."""
+_holding: weakref.WeakSet["Launch"] = weakref.WeakSet()
+"""Launches that hold compiled kernels, for ``clear``. Each holds its own, so a ``Launch`` the
+launch functions' caches evict (past 4096 map shapes) takes its entries with it."""
 _launched: set[JITFunction] = set()
 
 
@@ -56,12 +57,15 @@ class Launch:
     parameters in that order: tensors, float scalars, integers, constexprs. Everything but the
     tensors and floats is fixed here; calling it with them launches."""
 
-    __slots__ = ("kernel", "grid", "ints", "constexprs", "_grid3", "_direct")
+    __slots__ = ("kernel", "grid", "ints", "constexprs", "_grid3", "_direct", "_compiled", "__weakref__")
 
     def __init__(self, kernel: JITFunction, grid: Sequence[int], ints: tuple[int, ...] = (), **constexprs) -> None:
         self.kernel, self.grid, self.ints, self.constexprs = kernel, tuple(grid), tuple(ints), constexprs
         self._grid3 = (*grid, 1, 1)[:3]
         self._direct = isinstance(kernel, JITFunction)  # not the interpreter's
+        # (device, tensors' specs) -> (CompiledKernel, its launcher, function, metadata, the
+        # integers and constexprs in the kernel's order)
+        self._compiled: dict[tuple, tuple] = {}
 
     def __call__(self, tensors: tuple[torch.Tensor, ...], floats: tuple[float, ...] = ()) -> None:
         kernel = self.kernel
@@ -70,8 +74,8 @@ class Launch:
             return
         active = driver.active
         device = active.get_current_device()
-        key = (self, device, *specs(tensors))
-        entry = _compiled.get(key)
+        key = (device, *specs(tensors))
+        entry = self._compiled.get(key)
         if entry is not None:
             _, run, function, metadata, tail = entry
             run(*self._grid3, active.get_current_stream(device), function, metadata, None, None, None, *tensors,
@@ -84,7 +88,8 @@ class Launch:
         order = [p.name for p in kernel.params if p.is_constexpr]
         if sorted(order) == sorted(self.constexprs):  # every constexpr given: the launcher takes them in order
             tail = (*self.ints, *(self.constexprs[name] for name in order))
-            _compiled[key] = (compiled, compiled.run, compiled.function, compiled.packed_metadata, tail)
+            self._compiled[key] = (compiled, compiled.run, compiled.function, compiled.packed_metadata, tail)
+            _holding.add(self)
 
 
 def specialization(kernel: JITFunction, *args, **constexprs) -> tuple:
@@ -97,7 +102,9 @@ def specialization(kernel: JITFunction, *args, **constexprs) -> tuple:
 def clear() -> None:
     """Forget every compiled kernel a ``Launch`` has seen: its cache and Triton's (a stubbed
     driver's kernels must not outlive it)."""
-    _compiled.clear()
+    for held in list(_holding):
+        held._compiled.clear()
+    _holding.clear()
     for kernel in _launched:
         kernel.device_caches.clear()
     _launched.clear()
