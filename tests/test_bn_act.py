@@ -262,7 +262,9 @@ def test_pytorch_path_without_interpreter(dtype, param_dtype, monkeypatch):
 @pytest.mark.parametrize("layout", ["nchw", "channels_last"])
 def test_pytorch_path_statistics_are_batchnorms_bits(dtype, layout, monkeypatch):
     """The PyTorch path's training statistics (``batch_norm_update_stats`` and 1 / sqrt(var + eps)
-    in float64) are native_batch_norm's, bit for bit: mean, 1 / std and the running update."""
+    in float64, for the compiled ``bn_stats``) are native_batch_norm's, bit for bit: mean, 1 / std
+    and the running update; and the eager training forward, which runs native_batch_norm, gives
+    the output that ``_bn_act`` recomputes from them (``fuse_bn="recompute"``)."""
     from rtdetr_fused.ops import bn_act as ops
 
     monkeypatch.setenv("TRITON_INTERPRET", "0")
@@ -275,6 +277,14 @@ def test_pytorch_path_statistics_are_batchnorms_bits(dtype, layout, monkeypatch)
     _, ref_mean, ref_invstd = torch.native_batch_norm(x, None, None, *ref_running, True, 0.1, 1e-3)
     for got, want in zip((mean, invstd, *running), (ref_mean, ref_invstd, *ref_running)):
         assert torch.equal(got, want)
+    weight, bias = _randn((5,), dtype, "cpu"), _randn((5,), dtype, "cpu")
+    trained = [t.clone() for t in ref_running]
+    out, mean, invstd = ops._bn_act_train(x, *trained, weight, bias, None, 0.1, 1e-3, "silu", 0.0)
+    torch.native_batch_norm(x, None, None, *ref_running, True, 0.1, 1e-3)  # updates them in place
+    for got, want in zip((mean, invstd, *trained), (ref_mean, ref_invstd, *ref_running)):
+        assert torch.equal(got, want)
+    assert torch.equal(out, ops._bn_act(x, mean, invstd, weight, bias, None, True, "silu", 0.0))
+    assert out.stride() == x.stride()
 
 
 @pytest.mark.parametrize("training", [True, False])
