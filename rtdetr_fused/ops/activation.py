@@ -342,7 +342,7 @@ def apply(x: torch.Tensor, name: str, alpha: float = 0.0, inplace: bool = False,
         raise ValueError("bitmask=True works out of place: in place, the output is saved, which costs nothing extra")
     row, compiled = TABLE[name], not inplace and compiling()  # in place, ``_inplace`` asks
     # PyTorch's op, first: exporters and torch.func transforms would get it too, so their checks
-    # (four Python calls, a tenth of this route's host cost) are not needed before it.
+    # (four Python calls, about 5% of this route's host cost) are not needed before it.
     if not (inplace or bitmask or compiled) and policy.native(
         x, row.torch_as_fast, row.saves_output(alpha) == row.torch_saves_output
     ):

@@ -150,9 +150,13 @@ def _bn_act(x, mean, invstd, weight, bias, act_weight, training, name, alpha) ->
     """``bn_act``'s forward on any device, without autograd (also what a recomputed output runs)."""
     if on_kernels(x):
         return _bn_act_triton(x, mean, invstd, weight, bias, act_weight, training, name, alpha)
-    z = _z(x, mean, invstd, weight, bias)
-    y = row(name).bn_reference(z, alpha, act_weight)
-    return like(y.to(x.dtype), x)
+    return _activated(_z(x, mean, invstd, weight, bias), x, act_weight, name, alpha)
+
+
+def _activated(z: torch.Tensor, x: torch.Tensor, act_weight, name: str, alpha: float) -> torch.Tensor:
+    """The activation of the BN output ``z`` with PyTorch ops, in ``x``'s dtype and layout: one
+    definition for the forward and its recomputation, which must give the same bits."""
+    return like(row(name).bn_reference(z, alpha, act_weight).to(x.dtype), x)
 
 
 @bn_act.register_fake
@@ -178,7 +182,7 @@ def _bn_act_train(x, running_mean, running_var, weight, bias, act_weight, moment
     running = [t.to(acc) if t is not None else None for t in (running_mean, running_var)]
     z, mean, invstd = torch.native_batch_norm(x.to(acc), weight.to(acc), bias.to(acc), *running, True, momentum, eps)
     _write_back((running_mean, running_var), running)
-    return like(row(name).bn_reference(z, alpha, act_weight).to(x.dtype), x), mean, invstd
+    return _activated(z, x, act_weight, name, alpha), mean, invstd
 
 
 def bn_act_train_compiled(x, running_mean, running_var, weight, bias, act_weight, momentum, eps, name, alpha):
